@@ -45,9 +45,12 @@ class PartSpec:
 
 def _parts() -> dict[str, PartSpec]:
     """The literal table of parts (imports deferred so ``--help`` stays fast)."""
+    from datamodules.frames import FrameDataModule
+    from lightning_modules.recon import ReconRunConfig, ReconSystem
+
     return {
-        # Rows are added as the parts land (METHOD §4 order): recon, tgan, texture_encoder,
-        # teeth_tgan, teeth_encoder, geometry, classifier.
+        # METHOD §4 order. Rows are added as the parts land.
+        "recon": PartSpec(ReconSystem, FrameDataModule, ReconRunConfig, "3D face reconstruction regressor (Deep3DFaceRecon-style, METHOD §3.1)"),
     }
 
 
