@@ -48,6 +48,11 @@ def test_merge_order_and_overrides(config_dir, tmp_path):
     assert cfg.part == "toy"
 
 
+def test_logger_shorthand(config_dir, tmp_path):
+    assert compose(config_dir, tmp_path, "logger=none").logger.kind == "none"
+    assert compose(config_dir, tmp_path, "logger=csv").logger.kind == "csv"
+
+
 def test_default_output_dir_interpolates_part_and_run_name(config_dir):
     cfg = compose_config(ToyRunConfig, part="toy", config_dir=config_dir, overrides=["run_name=abc"])
     assert cfg.output_dir == "runs/toy/abc"

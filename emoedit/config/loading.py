@@ -146,6 +146,8 @@ def parse_overrides(args: Sequence[str]) -> tuple[dict, str | None]:
             raise ConfigError(f"command line: empty key in '{arg}'")
         if key == "experiment":
             experiment = value
+        elif key == "logger" and value in ("none", "wandb", "csv"):
+            dotlist.append(f"logger.kind={value}")  # shorthand: logger=none
         else:
             dotlist.append(f"{key}={value}")
     try:
