@@ -46,11 +46,19 @@ class PartSpec:
 def _parts() -> dict[str, PartSpec]:
     """The literal table of parts (imports deferred so ``--help`` stays fast)."""
     from datamodules.frames import FrameDataModule
+    from datamodules.subject_textures import SubjectTextureDataModule
+    from datamodules.textures import TextureDataModule
+    from lightning_modules.classifier import ClassifierRunConfig, ClassifierSystem
     from lightning_modules.recon import ReconRunConfig, ReconSystem
+    from lightning_modules.texture_encoder import TextureEncoderRunConfig, TextureEncoderSystem
+    from lightning_modules.tgan import TGANRunConfig, TGANSystem
 
     return {
-        # METHOD §4 order. Rows are added as the parts land.
+        # METHOD §4 order. Rows are added as the parts land (teeth_tgan, teeth_encoder, geometry next).
         "recon": PartSpec(ReconSystem, FrameDataModule, ReconRunConfig, "3D face reconstruction regressor (Deep3DFaceRecon-style, METHOD §3.1)"),
+        "tgan": PartSpec(TGANSystem, TextureDataModule, TGANRunConfig, "t-GAN: StyleGAN2 on UV textures (METHOD §3.4)"),
+        "texture_encoder": PartSpec(TextureEncoderSystem, TextureDataModule, TextureEncoderRunConfig, "pSp texture encoder: UV texture -> t-GAN W+ (L2 + LPIPS + latent regulariser, METHOD §3.4)"),
+        "classifier": PartSpec(ClassifierSystem, SubjectTextureDataModule, ClassifierRunConfig, "subject classifier over UV textures (softmax weights of eq. 4, METHOD §3.5)"),
     }
 
 
@@ -198,7 +206,10 @@ def run(spec: PartSpec, cfg: Any) -> Any:
     datamodule = spec.datamodule(config=config_to_plain(cfg.data))
     if cfg.init_from and not ckpt_path:
         init = load_checkpoint(cfg.init_from)
-        check_model_config(init, model_plain, part=cfg.part, path=cfg.init_from)
+        # Keys that do not change the saved weights (learning rates, regularisation...) may
+        # differ when starting from a checkpoint (e.g. the t-GAN's MEAD fine-tune).
+        training_keys = getattr(spec.system, "TRAINING_KEYS", frozenset())
+        check_model_config(init, model_plain, part=cfg.part, path=cfg.init_from, ignore=training_keys)
         system.load_state_dict(init["state_dict"], strict=True)
 
     if os.environ.get("LOCAL_RANK", "0") == "0":

@@ -48,11 +48,19 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} in checkpoint, {b!r} in config"]
 
 
-def check_model_config(ckpt: dict[str, Any], model_config: dict[str, Any], *, part: str, path: str | os.PathLike) -> None:
+def check_model_config(
+    ckpt: dict[str, Any],
+    model_config: dict[str, Any],
+    *,
+    part: str,
+    path: str | os.PathLike,
+    ignore: frozenset[str] | set[str] = frozenset(),
+) -> None:
     """Raise :class:`CheckpointError` unless ``ckpt`` was trained for ``part`` with ``model_config``.
 
     ``model_config`` is the plain ``model`` section of the current config. Every difference
     is listed, so a user resuming with a changed architecture sees exactly what changed.
+    Top-level keys in ``ignore`` (settings that do not change the weights) may differ.
     """
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or "config" not in hparams:
@@ -60,7 +68,8 @@ def check_model_config(ckpt: dict[str, Any], model_config: dict[str, Any], *, pa
     ckpt_part = hparams.get("part")
     if ckpt_part is not None and ckpt_part != part:
         raise CheckpointError(f"{path}: checkpoint of part '{ckpt_part}', but this run trains '{part}'")
-    differences = _diff(hparams["config"], model_config)
+    saved = {k: v for k, v in hparams["config"].items() if k not in ignore}
+    differences = _diff(saved, {k: v for k, v in model_config.items() if k not in ignore})
     if differences:
         lines = "\n  ".join(differences)
         raise CheckpointError(f"{path}: checkpoint does not fit this config's model section:\n  {lines}")

@@ -2,6 +2,8 @@
 
     emoedit demo [--preset quick|demo] [--out DIR]
     emoedit synth --out DIR --preset {tiny,demo,full} --seed N
+    emoedit preprocess {mead,ffhq,videos} INPUT... --out DIR --stage {align,reconstruct,all} [...]
+    emoedit directions --cache DIR --encoder CKPT --out directions.pt
     emoedit face-model convert-bfm09 --bfm 01_MorphableModel.mat --exp Exp_Pca.bin --aux DIR --out BFM_model_front.mat
     emoedit face-model export {procedural,deep3d,3ddfa} [--path P] --out model.pt
     emoedit face-model info MODEL.pt
@@ -89,6 +91,110 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     )
 
 
+def _key_values(items: Sequence[str] | None, flag: str) -> dict:
+    """``KEY=VALUE`` strings → dict with YAML-typed values (numbers, booleans)."""
+    import yaml
+
+    out: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            raise CliError(f"{flag}: expected KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v for v in value.split(",") if v] if value else None
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> None:
+    import json
+
+    from emoedit.data.preprocess import PreprocessConfig, run_preprocess
+
+    values = {
+        "input_kind": args.kind,
+        "inputs": list(args.inputs),
+        "input_root": args.input_root,
+        "output_dir": args.out,
+        "stage": args.stage,
+        "subjects": _csv(args.subjects),
+        "emotions": _csv(args.emotions),
+        "views": _csv(args.views),
+        "levels": [int(v) for v in _csv(args.levels)] if args.levels else None,
+        "face_model": args.face_model,
+        "alignment_template": args.template,
+        "crop_size": args.crop_size,
+        "detector": args.detector,
+        "detect_upsample": args.detect_upsample,
+        "max_gap": args.max_gap,
+        "max_frames": args.max_frames,
+        "frame_stride": args.frame_stride,
+        "max_clips": args.max_clips,
+        "reconstructor": args.reconstructor,
+        "reconstructor_path": args.checkpoint,
+        "refine": args.refine or None,
+        "fitter": _key_values(args.fitter, "--fitter") or None,
+        "texture_size": args.texture_size,
+        "mouth_crop_size": args.mouth_size,
+        "quality_filter": args.quality_filter,
+        "filter": _key_values(args.filter, "--filter") or None,
+        "workers": args.workers,
+        "devices": list(args.devices or ()),
+        "progress": False if args.no_progress else None,
+        "fail_fast": args.fail_fast or None,
+        "verify_checksums": args.verify_checksums or None,
+    }
+    config = PreprocessConfig.from_dict({k: v for k, v in values.items() if v is not None})
+    summary = run_preprocess(config)
+    report = {
+        "stage": summary.stage,
+        "caches": {k: str(v) for k, v in summary.caches.items()},
+        "clips": summary.num_clips,
+        "already_done": summary.clips_already_done,
+        "written": summary.clips_written,
+        "skipped": summary.clips_skipped,
+        "failed": [list(f) for f in summary.failed],
+        "records": summary.records_written,
+        "frames_without_face": summary.frames_without_face,
+        "frames_interpolated": summary.frames_interpolated,
+        "filter": dict(summary.filter_counts),
+        "seconds": round(summary.seconds, 1),
+    }
+    print(json.dumps(report, indent=2))
+    if summary.clips_failed:
+        raise CliError(f"{summary.clips_failed} clip(s) failed (listed above); re-run to retry them")
+
+
+def _cmd_directions(args: argparse.Namespace) -> None:
+    import torch
+
+    from emoedit.editing.directions import run_directions
+
+    subjects = _csv(args.subjects)
+    if args.classifier:
+        from emoedit.networks.subject_classifier import SubjectClassifier
+
+        subjects = list(SubjectClassifier.from_checkpoint(args.classifier).subjects)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    result = run_directions(
+        args.cache,
+        args.encoder,
+        args.out,
+        device,
+        args.batch_size,
+        subjects=subjects,
+        views=None if args.views == "all" else _csv(args.views),
+        level=args.level,
+        missing=args.missing,
+        emotions=_csv(args.emotions),
+        num_workers=args.num_workers,
+    )
+    print(result.describe())
+    print(f"wrote {args.out}")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from emoedit.tour import run_tour
 
@@ -110,6 +216,57 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="world seed (the same seed gives the same world)")
     synth.add_argument("--quiet", action="store_true", help="no progress bars")
     synth.set_defaults(func=_cmd_synth)
+
+    pre = sub.add_parser("preprocess", help="detect, align, reconstruct and cache MEAD / FFHQ / any videos")
+    pre.add_argument("kind", choices=["mead", "ffhq", "videos"], help="input layout")
+    pre.add_argument("inputs", nargs="+", help="mead/ffhq: the root folder; videos: video files and/or list files")
+    pre.add_argument("--out", required=True, help="cache folder: <out>/{frames,coeffs,textures,mouths}")
+    pre.add_argument("--stage", choices=["align", "reconstruct", "all"])
+    pre.add_argument("--input-root", help="videos: root that list entries are confined to")
+    pre.add_argument("--subjects", help="mead: comma-separated subjects to keep")
+    pre.add_argument("--emotions", help="mead: comma-separated emotions to keep")
+    pre.add_argument("--views", help="mead: comma-separated views to keep (e.g. front)")
+    pre.add_argument("--levels", help="mead: comma-separated levels to keep")
+    pre.add_argument("--face-model", help="auto | procedural | 3ddfa:DIR | deep3d:MAT | FILE.pt")
+    pre.add_argument("--template", help="Deep3DFaceRecon similarity_Lm3D_all.mat (default: the face model's landmarks)")
+    pre.add_argument("--crop-size", type=int, help="aligned crop side, pixels")
+    pre.add_argument("--detector", choices=["auto", "dlib-hog", "dlib-cnn", "truth"])
+    pre.add_argument("--detect-upsample", type=int, help="dlib: upsample frames ×2 this many times")
+    pre.add_argument("--max-gap", type=int, help="longest run of faceless frames interpolated")
+    pre.add_argument("--max-frames", type=int, help="at most this many frames per clip")
+    pre.add_argument("--frame-stride", type=int, help="use every n-th frame")
+    pre.add_argument("--max-clips", type=int, help="at most this many clips")
+    pre.add_argument("--reconstructor", choices=["fitter", "checkpoint", "deep3d", "truth"])
+    pre.add_argument("--checkpoint", help="recon .ckpt (checkpoint) or Deep3D epoch_20.pth (deep3d)")
+    pre.add_argument("--refine", action="store_true", help="refine a regressor's estimate with the fitter")
+    pre.add_argument("--fitter", nargs="*", metavar="KEY=VALUE", help="fitter settings (FitterConfig fields)")
+    pre.add_argument("--texture-size", type=int, help="UV texture side, texels")
+    pre.add_argument("--mouth-size", type=int, help="mouth crop side, pixels")
+    pre.add_argument("--quality-filter", action=argparse.BooleanOptionalAction, default=None,
+                     help="FFHQ-style filter (default: on for ffhq inputs)")
+    pre.add_argument("--filter", nargs="*", metavar="KEY=VALUE", help="filter thresholds (FaceFilterConfig fields)")
+    pre.add_argument("--workers", type=int, help="processes (ranks)")
+    pre.add_argument("--devices", nargs="*", help="devices of the ranks (default: cuda:r%%n if CUDA, else cpu)")
+    pre.add_argument("--no-progress", action="store_true")
+    pre.add_argument("--fail-fast", action="store_true", help="re-raise the first unexpected per-clip error")
+    pre.add_argument("--verify-checksums", action="store_true", help="verify every shard when finalising")
+    pre.set_defaults(func=_cmd_preprocess)
+
+    directions = sub.add_parser("directions", help="solve the edit directions d[subject, emotion] (eq. 5) of a texture cache")
+    directions.add_argument("--cache", required=True, help="textures cache folder (preprocess <out>/textures)")
+    directions.add_argument("--encoder", required=True, help="texture_encoder checkpoint (train.py texture_encoder)")
+    directions.add_argument("--out", required=True, help="directions file to write (.pt)")
+    directions.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    directions.add_argument("--batch-size", type=int, default=32, help="textures per encoder pass")
+    directions.add_argument("--subjects", help="comma-separated training subjects, in row order (default: all)")
+    directions.add_argument("--classifier", help="take the subjects and their order from a classifier checkpoint")
+    directions.add_argument("--views", default="front", help="comma-separated views to use, or 'all'")
+    directions.add_argument("--level", type=int, default=3, help="intensity level of the emotional means (MEAD max: 3)")
+    directions.add_argument("--emotions", help="comma-separated emotions to solve (default: all 7)")
+    directions.add_argument("--missing", choices=["error", "mean"], default="error",
+                            help="a subject without some emotion: error, or the mean of the other subjects' directions")
+    directions.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading shards")
+    directions.set_defaults(func=_cmd_directions)
 
     fm = sub.add_parser("face-model", help="face model files: conversion, export, inspection")
     fm_sub = fm.add_subparsers(dest="face_model_command", required=True)

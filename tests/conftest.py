@@ -33,5 +33,10 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
+    """Seed every test; one intra-op thread (the tests' tensors are small, and on a busy
+    2-core machine a second thread makes small ops wait for the slower core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)
