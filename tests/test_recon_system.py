@@ -192,3 +192,23 @@ def test_bf16_channels_last_identity_and_overlays(cache: Path, tmp_path: Path) -
     assert len(images) == 2 and images[0].shape == (64, 128, 3) and images[0].dtype.name == "uint8"
     with pytest.raises(ValueError, match="identity_network"):
         ReconSystem(dict(TINY_MODEL, loss={"identity": 0.2}))
+
+
+@pytest.mark.slow
+def test_train_py_recon_ddp_two_cpu_processes(cache: Path, tmp_path: Path) -> None:
+    """The real entry point, as a user runs it: `python train.py recon experiment=tiny` on 2 gloo ranks."""
+    import os
+    import subprocess
+    import sys
+
+    repo = CONFIG_DIR.parent
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, str(repo / "train.py"), "recon", "experiment=tiny", f"data.cache_dir={cache}",
+           f"output_dir={out}", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=3",
+           "trainer.enable_progress_bar=false", "logger=csv", "data.batch_size=2"]
+    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 3
+    assert ckpt["hyper_parameters"]["part"] == "recon"
