@@ -222,12 +222,28 @@ def run(spec: PartSpec, cfg: Any) -> Any:
     )
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+        _save_final_last(trainer, cfg, run_dir)
     finally:
         if cfg.logger.kind == "wandb":
             import wandb
 
             wandb.finish()  # close this run so a later run in the same process starts its own
     return trainer
+
+
+def _save_final_last(trainer: Any, cfg: Any, run_dir: Path) -> None:
+    """Make sure ``last.ckpt`` holds the final step.
+
+    With step-based checkpointing (``checkpoint.every_n_train_steps``) a run that stops at a
+    step that is not a multiple of N (``max_steps``, ``max_time``) would otherwise lose the
+    steps after the last multiple; resume must continue from where training stopped.
+    """
+    callback = trainer.checkpoint_callback
+    if not cfg.checkpoint.save_last or callback is None or trainer.global_step == 0:
+        return
+    if getattr(callback, "_last_global_step_saved", -1) == trainer.global_step:
+        return
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
 
 
 def _usage(parts: dict[str, PartSpec]) -> str:

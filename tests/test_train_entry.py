@@ -132,6 +132,12 @@ def test_fit_logs_offline_checkpoints_and_resumes(config_dir, tmp_path, monkeypa
         _fit(config_dir, tmp_path, "trainer.max_steps=9", "ckpt_path=last", "model.hidden=9")
 
 
+def test_last_checkpoint_holds_the_final_step_with_step_based_checkpointing(config_dir, tmp_path):
+    trainer = _fit(config_dir, tmp_path, "trainer.max_steps=5", "checkpoint.every_n_train_steps=4", "logger=none")
+    assert trainer.global_step == 5
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 5
+
+
 def test_init_from_loads_weights_with_fresh_step_count(config_dir, tmp_path):
     _fit(config_dir, tmp_path, "trainer.max_steps=2", "logger.kind=none")
     source = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -1,0 +1,147 @@
+"""scripts/texture_demo_world.py: its core on the tiny synthetic world with untrained networks
+(split selection, config overrides, the measurements, the tables)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("texture_demo_world", REPO / "scripts" / "texture_demo_world.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["texture_demo_world"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_script()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    from emoedit.data.synthetic import SyntheticWorld
+
+    torch.set_num_threads(1)
+    work = tmp_path_factory.mktemp("texture_demo")
+    world_dir = demo.ensure_world(None, work, preset="tiny", seed=0)
+    info = demo.preprocess(world_dir, work, texture_size=32, frame_stride=2, threads=1)
+    world = SyntheticWorld.open(world_dir)
+    return {"world": world, "cache": info["cache"], "info": info, "selection": demo.training_selection(world)}
+
+
+def test_selection_excludes_every_evaluation_clip(tiny):
+    from emoedit.data.cache import CacheReader
+
+    world, selection = tiny["world"], tiny["selection"]
+    assert tiny["info"]["clips_written"] == tiny["info"]["clips"] > 0
+    assert set(selection.held_out_clip_ids) <= set(selection.eval_clip_ids)
+    assert set(selection.unseen_clip_ids) <= set(selection.eval_clip_ids)
+    assert len(selection.held_out_clip_ids) == len(world.train_subjects)  # tiny: one held-out neutral clip each
+    index = CacheReader.open(tiny["cache"], kind="textures").records()
+    from datamodules.textures import select_records
+
+    kept = select_records(index, keep=selection.data_filter(), drop=selection.data_exclude(), source="test")
+    kept_clips = set(kept.unique("clip"))
+    training = {demo.cache_clip_id(r.key) for r in world.training_clips()}
+    assert kept_clips == training  # exactly the world's training clips
+    assert not kept_clips & set(selection.eval_clip_ids)
+    assert set(kept.unique("subject")) == set(world.train_subjects)
+
+
+def test_overrides_reach_the_composed_configs(tiny, tmp_path):
+    from emoedit.config import compose_config
+
+    selection = tiny["selection"]
+    overrides = [f"output_dir={tmp_path}", "experiment=demo", *demo.data_overrides(selection, tiny["cache"]),
+                 f"model.subjects={demo._json_value(list(selection.train_subjects))}",
+                 *demo._limits(7, 1.5)]
+    cfg = compose_config(demo.part_spec("classifier").schema, part="classifier", config_dir=REPO / "configs",
+                         overrides=overrides)
+    assert list(cfg.data.exclude.clip) == list(selection.eval_clip_ids)
+    assert list(cfg.data.filter.subject) == list(selection.train_subjects) and cfg.data.filter.view == "front"
+    assert list(cfg.model.subjects) == list(selection.train_subjects)
+    assert cfg.trainer.max_steps == 7 and cfg.trainer.max_time.seconds == 90
+    for part in ("tgan", "texture_encoder"):
+        compose_config(demo.part_spec(part).schema, part=part, config_dir=REPO / "configs",
+                       overrides=[f"output_dir={tmp_path}", "experiment=demo", "model.tgan_checkpoint=x.ckpt"
+                                  if part == "texture_encoder" else "seed=0"])
+
+
+def test_masked_errors_known_answer():
+    pred = torch.zeros(2, 3, 4, 4)
+    target = torch.zeros(2, 3, 4, 4)
+    target[0] = 0.1
+    target[1, :, :2] = 0.5  # only the masked-out half differs
+    mask = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    mask[0] = True
+    mask[1, :, 2:] = True
+    l1, psnr = demo.masked_errors(pred, target, mask)
+    assert torch.allclose(l1, torch.tensor([0.1, 0.0]), atol=1e-6)
+    assert psnr[0].item() == pytest.approx(20.0, abs=1e-4) and psnr[1].item() == pytest.approx(100.0)
+
+
+def _untrained_networks(world, selection) -> object:
+    from emoedit.editing.directions import solve_directions
+    from emoedit.networks.psp_encoder import PSPEncoder
+    from emoedit.networks.stylegan2 import StyleGAN2Generator
+    from emoedit.networks.subject_classifier import SubjectClassifier
+
+    torch.manual_seed(0)
+    generator = StyleGAN2Generator(z_dim=16, w_dim=16, img_resolution=16, img_channels=3, mapping_layers=2,
+                                   channel_base=128, channel_max=16).eval()
+    encoder = PSPEncoder(num_ws=generator.num_ws, w_dim=16, input_size=32, depth=10, widths=(8, 16, 32, 64)).eval()
+    classifier = SubjectClassifier(subjects=list(selection.train_subjects), input_size=32, depth=10,
+                                   widths=(8, 16, 32, 64)).eval()
+    subjects, emotions, levels = [], [], []
+    for subject in selection.train_subjects:
+        for emotion in ("neutral", *world.preset.emotions):
+            subjects.append(subject)
+            emotions.append(emotion)
+            levels.append(1 if emotion == "neutral" else 3)
+    latents = torch.randn(len(subjects), generator.num_ws, 16)
+    directions = solve_directions(latents, subjects, emotions, levels, subject_order=selection.train_subjects,
+                                  solve_emotions=world.preset.emotions)
+    return demo.Networks(encoder=encoder, generator=generator, classifier=classifier, directions=directions)
+
+
+def test_evaluate_gives_finite_figures_with_every_key(tiny):
+    world, selection = tiny["world"], tiny["selection"]
+    networks = _untrained_networks(world, selection)
+    metrics = demo.evaluate(world, networks, selection, cache=tiny["cache"], texture_size=32, eval_frame_stride=4,
+                            log=lambda _: None)
+    recon = metrics["reconstruction_unseen"]
+    assert recon["count"] > 0 and math.isfinite(recon["psnr"]) and math.isfinite(recon["l1"])
+    cls = metrics["classifier_held_out"]
+    assert cls["frames"] > 0 and 0.0 <= cls["accuracy"] <= 1.0 and cls["chance"] == pytest.approx(1 / 3)
+    check = metrics["extraction_check"]
+    assert check["psnr"] > 30.0  # the evaluation's own extraction matches the preprocess cache
+    for group, own in (("unseen", False), ("seen", True)):
+        block = metrics[f"edit_{group}"]
+        rows = block["rows"]
+        expected = {"input (unedited)", "G(E(I)) (no edit)", "eq. 4 (classifier)", "mean direction (w/o classifier)",
+                    "floor G(E(truth))"} | ({"eq. 3 (own directions)"} if own else set())
+        assert expected <= set(rows)
+        assert ("eq. 3 (own directions)" in rows) == own
+        for name, row in rows.items():
+            assert math.isfinite(row["psnr"]) and math.isfinite(row["l1"]) and row["count"] > 0, name
+        assert set(block["per_emotion"]) == set(world.preset.emotions)
+        assert all(math.isfinite(v) for v in block["change_cosine"].values())
+        assert rows["input (unedited)"]["psnr"] > rows["G(E(I)) (no edit)"]["psnr"]  # untrained G: far off
+    text = demo.markdown_tables({"metrics": metrics})
+    assert "eq. 4 (classifier)" in text and "floor G(E(truth))" in text and "(a) G(E(I))" in text
