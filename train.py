@@ -46,18 +46,22 @@ class PartSpec:
 def _parts() -> dict[str, PartSpec]:
     """The literal table of parts (imports deferred so ``--help`` stays fast)."""
     from datamodules.frames import FrameDataModule
+    from datamodules.mouths import MouthDataModule
     from datamodules.subject_textures import SubjectTextureDataModule
     from datamodules.textures import TextureDataModule
     from lightning_modules.classifier import ClassifierRunConfig, ClassifierSystem
     from lightning_modules.recon import ReconRunConfig, ReconSystem
+    from lightning_modules.teeth import TeethEncoderRunConfig, TeethEncoderSystem, TeethTGANRunConfig, TeethTGANSystem
     from lightning_modules.texture_encoder import TextureEncoderRunConfig, TextureEncoderSystem
     from lightning_modules.tgan import TGANRunConfig, TGANSystem
 
     return {
-        # METHOD §4 order. Rows are added as the parts land (teeth_tgan, teeth_encoder, geometry next).
+        # METHOD §4 order.
         "recon": PartSpec(ReconSystem, FrameDataModule, ReconRunConfig, "3D face reconstruction regressor (Deep3DFaceRecon-style, METHOD §3.1)"),
         "tgan": PartSpec(TGANSystem, TextureDataModule, TGANRunConfig, "t-GAN: StyleGAN2 on UV textures (METHOD §3.4)"),
         "texture_encoder": PartSpec(TextureEncoderSystem, TextureDataModule, TextureEncoderRunConfig, "pSp texture encoder: UV texture -> t-GAN W+ (L2 + LPIPS + latent regulariser, METHOD §3.4)"),
+        "teeth_tgan": PartSpec(TeethTGANSystem, TextureDataModule, TeethTGANRunConfig, "teeth t-GAN: StyleGAN2 on aligned mouth crops (METHOD §3.7)"),
+        "teeth_encoder": PartSpec(TeethEncoderSystem, MouthDataModule, TeethEncoderRunConfig, "teeth encoder: teeth-removed mouth crop -> teeth t-GAN W+ (L2 + masked L2 + LPIPS + latent, METHOD §3.7)"),
         "classifier": PartSpec(ClassifierSystem, SubjectTextureDataModule, ClassifierRunConfig, "subject classifier over UV textures (softmax weights of eq. 4, METHOD §3.5)"),
     }
 
