@@ -45,11 +45,13 @@ class PartSpec:
 
 def _parts() -> dict[str, PartSpec]:
     """The literal table of parts (imports deferred so ``--help`` stays fast)."""
+    from datamodules.coefficients import CoefficientDataModule
     from datamodules.frames import FrameDataModule
     from datamodules.mouths import MouthDataModule
     from datamodules.subject_textures import SubjectTextureDataModule
     from datamodules.textures import TextureDataModule
     from lightning_modules.classifier import ClassifierRunConfig, ClassifierSystem
+    from lightning_modules.geometry import GeometryRunConfig, GeometrySystem
     from lightning_modules.recon import ReconRunConfig, ReconSystem
     from lightning_modules.teeth import TeethEncoderRunConfig, TeethEncoderSystem, TeethTGANRunConfig, TeethTGANSystem
     from lightning_modules.texture_encoder import TextureEncoderRunConfig, TextureEncoderSystem
@@ -62,6 +64,7 @@ def _parts() -> dict[str, PartSpec]:
         "texture_encoder": PartSpec(TextureEncoderSystem, TextureDataModule, TextureEncoderRunConfig, "pSp texture encoder: UV texture -> t-GAN W+ (L2 + LPIPS + latent regulariser, METHOD §3.4)"),
         "teeth_tgan": PartSpec(TeethTGANSystem, TextureDataModule, TeethTGANRunConfig, "teeth t-GAN: StyleGAN2 on aligned mouth crops (METHOD §3.7)"),
         "teeth_encoder": PartSpec(TeethEncoderSystem, MouthDataModule, TeethEncoderRunConfig, "teeth encoder: teeth-removed mouth crop -> teeth t-GAN W+ (L2 + masked L2 + LPIPS + latent, METHOD §3.7)"),
+        "geometry": PartSpec(GeometrySystem, CoefficientDataModule, GeometryRunConfig, "geometry editor: BFM-conditioned StarGAN on id/exp coefficients (METHOD §3.6, eqs. 6-16)"),
         "classifier": PartSpec(ClassifierSystem, SubjectTextureDataModule, ClassifierRunConfig, "subject classifier over UV textures (softmax weights of eq. 4, METHOD §3.5)"),
     }
 
