@@ -87,7 +87,7 @@ class CoefficientDataConfig:
     filter: dict[str, Any] = field(default_factory=dict)  # keep records whose metadata match, e.g. {view: front}
     exclude: dict[str, Any] = field(default_factory=dict)  # drop records, e.g. {subject: [...], clip: [...]}
     missing_reference: str = "drop"  # subject without neutral training frames: "drop" (warn) or "error"
-    preload: bool = True  # hold the coefficients of the selected records in memory (4·L bytes each); false: stream shards
+    preload: bool = True  # hold the selected records' coefficients in memory (4·L bytes each); false: stream
     max_references_per_subject: int = 1024  # neutral frames kept per subject in the reference bank
     reference_average: int = 1  # each reference = mean of this many random neutral frames (paper: 1)
     neutral_target_prob: float = 0.1  # probability of the neutral (zero) target code
@@ -335,10 +335,9 @@ class CoefficientDataset(Dataset):
         else:
             assert self.records is not None
             coeffs = torch.stack([self.records[p][self.coeff_field].float() for p in positions])
-        draws = self.fixed if self.fixed is not None else None
         batch: dict[str, Any] = {COEFFS_KEY: coeffs, EMOTION_KEY: self.emotion_codes[where]}
-        if draws is not None:
-            batch.update({key: value[where] for key, value in draws.items()})
+        if self.fixed is not None:
+            batch.update({key: value[where] for key, value in self.fixed.items()})
         else:
             batch.update(self._draw(where, None))
         for name in ("subject", "clip"):

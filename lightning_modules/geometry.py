@@ -28,6 +28,7 @@ Generator step ``_g_step`` (every ``n_critic``-th iteration, StarGAN's schedule)
     L_reg = mean_v ‖V(s_e) − V(s_t)‖²                         (eq. 15)
 
 (the paper has λ_adv = λ_lm = 1; both exist here so that every term can be switched off).
+
 ``V(s) = face_model.shape(id, exp)`` (model space, pose-free); every length is in
 **millimetres** (model decimetres × 100), so the vertex and landmark losses are in mm²
 (``mean_v ‖·‖²`` over the vertices, averaged over the batch). The vertex losses are
@@ -36,6 +37,23 @@ computed exactly as quadratic forms ``δᵀ(BᵀB/V)δ`` of the coefficient diff
 ``face_model.shape``, without the ``O(V)`` cost). Landmarks ``p`` are the 68 landmark
 *vertices* of the face model in 3D model space (no camera: pose-free, depth included,
 the same for every view).
+
+Loss scales. The paper gives no values for λ_e, λ_g, λ_lip, λ_reg, and ours depend on the
+units (mm² here). The defaults were chosen on the synthetic demo world
+(``scripts/geometry_demo_world.py``), where the paper-like 1/10/… weights left G at the
+identity: per sample, the gradient of L_lip with respect to the coefficients is ~2,600 per
+unit λ_lip (it is an L1 of *squared* openings of ~20 mm, so it does not fade near zero),
+the critic's is ~1 (1-Lipschitz), L_emo's ~1 per unit λ_e. Hence λ_lip = 1e-3,
+λ_g = 1, λ_lm = 0.1, λ_reg = 0.01, with StarGAN's λ_e = 1, λ_gp = 10, n_critic = 5 and
+Adam lr 1e-4 (λ_e = 3 with lr 3e-4 for twice the steps gave the same figures).
+
+Identity. ``generator.identity_features`` / ``discriminator.identity_features`` (default
+true, as the paper: the networks read all of ``s`` and ``s_ref``) can be switched off so
+they read the expression blocks only; with ``edit_identity=false`` G then edits ``exp``
+alone. With the 12 training subjects of the demo world, the paper's variant overfits to
+the training identities (edits of unseen subjects are large and wrong even at level 0.5),
+the expression-only one generalises (same edit sizes on seen and unseen subjects): see
+``scripts/geometry_demo_world.py`` and ``docs/RESULTS.md``.
 
 Reading of eq. 13 (the paper: "between the reconstructed value and the true value of the
 keypoints", regions weighted so that G attends to regions that matter for emotion, e.g. the
@@ -62,15 +80,16 @@ generator terms of held-out clips under ``geometry/val/`` (seeded targets).
 Adam with StarGAN's betas (0.5, 0.999). ``global_step`` counts iterations
 (discriminator steps), so ``trainer.max_steps`` is the number of iterations and the
 generator gets ``max_steps / n_critic`` updates. Resume with ``ckpt_path=last``.
-The face model is not stored in checkpoints (BFM would add ~100 MB; only its Gram
-matrix and landmark rows are kept, as non-persistent buffers); its name and layout are, and :meth:`GeometryGenerator.from_checkpoint` loads the generator alone.
+The face model is not stored in checkpoints (BFM would add ~100 MB; the system holds only
+the Gram matrix and landmark rows it needs, as non-persistent buffers); its name and
+layout are, and :meth:`GeometryGenerator.from_checkpoint` loads the generator alone.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -121,14 +140,14 @@ class LandmarkRegionWeights:
 @dataclass
 class GeometryLossConfig:
     adversarial: float = 1.0  # weight of L_d (eq. 10; paper 1)
-    emotion: float = 1.0  # λ_e: L_emo of D (real inputs, eq. 6) and of G (eq. 11)
+    emotion: float = 1.0  # λ_e: L_emo of D (real inputs, eq. 6) and of G (eq. 11; StarGAN's λ_cls = 1)
     gradient_penalty: float = 10.0  # λ_gp (eq. 8; WGAN-GP / StarGAN 10)
-    cycle: float = 10.0  # λ_g: vertex cycle loss (eq. 12), per mm²
-    landmark: float = 1.0  # multiplies L_lm (eq. 13; paper 1), per mm²
+    cycle: float = 1.0  # λ_g: vertex cycle loss (eq. 12), per mm²
+    landmark: float = 0.1  # multiplies L_lm (eq. 13; paper 1), per mm²
     landmark_pair: str = "cycle"  # what eq. 13 compares with the input's landmarks: "cycle" or "edit"
     regions: LandmarkRegionWeights = field(default_factory=LandmarkRegionWeights)  # λ_q per region
-    lip: float = 0.1  # λ_lip: mouth-opening loss (eq. 14), per mm²
-    regularization: float = 0.1  # λ_reg: vertex regulariser (eq. 15), per mm²
+    lip: float = 1.0e-3  # λ_lip: mouth-opening loss (eq. 14), per mm² of squared opening
+    regularization: float = 0.01  # λ_reg: vertex regulariser (eq. 15), per mm²
 
 
 @dataclass

@@ -4,6 +4,7 @@ training steps on a tiny coefficient cache, checkpoint reload and the inference 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,3 +249,30 @@ def test_face_model_must_fit_the_cache(tmp_path, face_model):
     cfg = _config(cache, tmp_path / "bad", "trainer.max_steps=1", f"model.face_model={path}", "data.val_keys=[]")
     with pytest.raises(ValueError, match="set model.face_model to the cache's model"):
         train.run(SPEC, cfg)
+
+
+def test_demo_script_summary_and_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("geometry_demo_world", REPO / "scripts" / "geometry_demo_world.py")
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses resolve their module by name
+    try:
+        spec.loader.exec_module(script)
+    finally:
+        sys.modules.pop(spec.name, None)
+    rows = []
+    for set_name in script.SETS:
+        for emotion in EMOTIONS:
+            for level in script.LEVELS:
+                row = {"set": set_name, "clip": f"{set_name}/c", "emotion": emotion, "level": level, "frames": 3}
+                for method in script.METHODS:
+                    for metric in ("vertex_err_mm", "upper_err_mm", "lip_change_mm", "magnitude_mm"):
+                        row[f"{method}/{metric}"] = float(level)
+                row["truth/lip_change_mm"] = row["truth/magnitude_mm"] = 2.0 * level
+                rows.append(row)
+    summary = script.summarise(rows)
+    assert summary["unseen"]["by_level"]["2"]["editor/vertex_err_mm"] == pytest.approx(2.0)
+    assert summary["seen_heldout"]["all"]["truth/magnitude_mm"] == pytest.approx(4.0)
+    table = script.format_tables(summary, {"unseen": [0.1] * len(script.CONTINUOUS_LEVELS)})
+    assert "| 1-3 | 2.00 |" in table and "2.5: 0.10" in table and "contempt" in table
