@@ -78,8 +78,8 @@ def read_deep3d_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     except Exception as error:  # zip / unpickling / truncation errors
         raise Deep3DCheckpointError(
             f"{path}: not a readable checkpoint with torch.load(weights_only=True) ({type(error).__name__}: {error}). "
-            "If the file is a genuine Deep3DFaceRecon checkpoint holding non-tensor objects, re-save only its "
-            "weights on a machine you trust: torch.save({'net_recon': torch.load(p, weights_only=False)['net_recon']}, p2)"
+            "emoedit never unpickles objects; if this is a genuine Deep3DFaceRecon checkpoint that also holds "
+            "non-tensor objects, re-save only its 'net_recon' state dict (tensors) from a source you trust."
         ) from None
     if not isinstance(payload, Mapping) or NET_RECON_KEY not in payload:
         found = sorted(map(str, payload))[:10] if isinstance(payload, Mapping) else type(payload).__name__
