@@ -52,6 +52,7 @@ def _parts() -> dict[str, PartSpec]:
     from datamodules.textures import TextureDataModule
     from lightning_modules.classifier import ClassifierRunConfig, ClassifierSystem
     from lightning_modules.geometry import GeometryRunConfig, GeometrySystem
+    from lightning_modules.judge import JudgeRunConfig, JudgeSystem
     from lightning_modules.recon import ReconRunConfig, ReconSystem
     from lightning_modules.teeth import TeethEncoderRunConfig, TeethEncoderSystem, TeethTGANRunConfig, TeethTGANSystem
     from lightning_modules.texture_encoder import TextureEncoderRunConfig, TextureEncoderSystem
@@ -66,6 +67,8 @@ def _parts() -> dict[str, PartSpec]:
         "teeth_encoder": PartSpec(TeethEncoderSystem, MouthDataModule, TeethEncoderRunConfig, "teeth encoder: teeth-removed mouth crop -> teeth t-GAN W+ (L2 + masked L2 + LPIPS + latent, METHOD §3.7)"),
         "geometry": PartSpec(GeometrySystem, CoefficientDataModule, GeometryRunConfig, "geometry editor: BFM-conditioned StarGAN on id/exp coefficients (METHOD §3.6, eqs. 6-16)"),
         "classifier": PartSpec(ClassifierSystem, SubjectTextureDataModule, ClassifierRunConfig, "subject classifier over UV textures (softmax weights of eq. 4, METHOD §3.5)"),
+        # Evaluation only (issue 7): never used by the method.
+        "judge": PartSpec(JudgeSystem, FrameDataModule, JudgeRunConfig, "evaluation judges: emotion / identity classifiers of ground-truth face crops (METHOD §6; never used by the method)"),
     }
 
 
