@@ -201,6 +201,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     run_tour(out_dir=Path(args.out), preset=args.preset)
 
 
+def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
+    """The product's commands, each registered by its own module (emoedit/pipeline, emoedit/evaluation)."""
+    from emoedit.pipeline import edit_command
+
+    edit_command.register(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emoedit", description="Continuous emotion editing of talking-head video.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = fm_sub.add_parser("info", help="describe a saved face model")
     info.add_argument("model")
     info.set_defaults(func=_cmd_face_model_info)
+
+    _register_pipeline_commands(sub)
 
     video = sub.add_parser("video", help="video utilities")
     video_sub = video.add_subparsers(dest="video_command", required=True)
