@@ -203,9 +203,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     """The product's commands, each registered by its own module (emoedit/pipeline, emoedit/evaluation)."""
-    from emoedit.pipeline import edit_command
+    from emoedit.pipeline import batch_command, bundle_command, edit_command
 
+    bundle_command.register(sub)
     edit_command.register(sub)
+    batch_command.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

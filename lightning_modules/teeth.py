@@ -38,7 +38,6 @@ attributes (``mouth_settings``).
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -50,12 +49,13 @@ from torch import Tensor
 from callbacks.media_logger import MediaImages, MediaItem
 from datamodules.mouths import CROP_KEY, MASK_KEY, REMOVED_KEY, MouthDataConfig
 from datamodules.textures import TextureDataConfig
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError
 from emoedit.config import RunConfig
 from emoedit.editing.teeth_completion import MOUTH_SETTINGS_KEY, TEETH_ENCODER_PART, TEETH_TGAN_PART
 from emoedit.losses.perceptual import LPIPSLoss
 from emoedit.networks.psp_encoder import PSPEncoder
 from emoedit.networks.stylegan2 import StyleGAN2Generator
+from emoedit.networks.stylegan2.checkpoint import load_generator_checkpoint
 from emoedit.shape_checks import assert_range, assert_shape
 from lightning_modules.base import EmoeditSystem
 from lightning_modules.texture_encoder import (
@@ -125,41 +125,19 @@ def psnr_from_mse(mse: Tensor) -> Tensor:
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_teeth_tgan_generator(path: str | Path) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
     """The EMA generator of a ``teeth_tgan`` checkpoint: ``(G_ema in eval mode, its model config, sha256)``.
 
-    As :func:`lightning_modules.texture_encoder.load_tgan_generator` (which accepts only
-    part ``tgan``): the :class:`TeethTGANSystem` is rebuilt from the checkpoint's own config
-    and the whole state dict loaded with ``strict=True``.
+    As :func:`lightning_modules.texture_encoder.load_tgan_generator` (which accepts only part
+    ``tgan``), Lightning-free: ``G_ema`` is rebuilt from the checkpoint's own config and its
+    ``G_ema.*`` tensors are loaded strictly.
     """
-    path = Path(path)
-    ckpt = load_checkpoint(path)
-    hparams = ckpt.get("hyper_parameters")
-    if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
-        raise CheckpointError(f"{path}: no emoedit hyperparameters (not a teeth_tgan checkpoint written by train.py?)")
-    if hparams.get("part") != TEETH_TGAN_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {TEETH_TGAN_PART!r} "
-                              "(model.tgan_checkpoint must be a teeth t-GAN checkpoint)")
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no state_dict")
-    config = dict(hparams["config"])
-    system = TeethTGANSystem(config={**config, "fid_network": None})
     try:
-        system.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the teeth t-GAN built from its own config ({err})") from None
-    generator = system.G_ema
-    generator.eval().requires_grad_(False)
-    return generator, config, _sha256(path)
+        return load_generator_checkpoint(path, part=TEETH_TGAN_PART, num_bf16_res=None, channels_last=None)
+    except CheckpointError as err:
+        if f"expected {TEETH_TGAN_PART!r}" in str(err):
+            raise CheckpointError(f"{err} (model.tgan_checkpoint must be a teeth t-GAN checkpoint)") from None
+        raise
 
 
 class TeethEncoderSystem(TextureEncoderSystem):

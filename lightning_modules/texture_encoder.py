@@ -10,8 +10,8 @@ project choice of §3.4; a weight of 0 switches a term off)::
 
 (``mean Δ²`` = the squared norm ‖Δ‖² divided by num_ws·w_dim, so the weight does not
 depend on the latent size). The generator comes from a ``tgan`` checkpoint
-(``model.tgan_checkpoint``): K's :class:`~lightning_modules.tgan.TGANSystem` is rebuilt
-from the checkpoint's own config, loaded with ``strict=True``, and its ``G_ema`` is kept.
+(``model.tgan_checkpoint``): its ``G_ema`` is rebuilt from the checkpoint's own config and
+loaded strictly (:func:`emoedit.networks.stylegan2.checkpoint.load_generator_checkpoint`).
 By default ``G`` is frozen (eval mode, ``requires_grad=False``); with
 ``model.finetune_generator=true`` its synthesis network trains jointly with its own
 learning rate (the paper fine-tunes both on MEAD; the mapping network is unused by W+
@@ -35,7 +35,6 @@ Logged: ``texture_encoder/train/{l2,lpips,latent,loss}`` per step,
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -46,12 +45,13 @@ from torch import Tensor
 
 from callbacks.media_logger import MediaImages, MediaItem, MediaLogger
 from datamodules.textures import IMAGE_KEY, TextureDataConfig
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError
 from emoedit.config import RunConfig
 from emoedit.losses.perceptual import NETS as LPIPS_NETS
 from emoedit.losses.perceptual import LPIPSLoss
 from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, TEXTURE_ENCODER_PART, PSPEncoder
 from emoedit.networks.stylegan2 import StyleGAN2Generator
+from emoedit.networks.stylegan2.checkpoint import load_generator_checkpoint
 from emoedit.shape_checks import assert_shape
 from lightning_modules.base import EmoeditSystem
 
@@ -101,43 +101,19 @@ class TextureEncoderRunConfig(RunConfig):
     data: TextureDataConfig = field(default_factory=lambda: TextureDataConfig(val_images=64))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_tgan_generator(path: str | Path) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
     """The EMA generator of a ``tgan`` checkpoint: ``(G_ema in eval mode, the tgan model config, sha256)``.
 
-    The :class:`~lightning_modules.tgan.TGANSystem` is rebuilt from the checkpoint's own
-    ``hyper_parameters["config"]`` (its FID feature network is not part of the weights and
-    is not loaded) and the whole state dict is loaded with ``strict=True``.
+    Lightning-free (:func:`emoedit.networks.stylegan2.checkpoint.load_generator_checkpoint`):
+    ``G_ema`` is rebuilt from the checkpoint's own ``hyper_parameters["config"]`` (with its
+    precision and layout settings) and its ``G_ema.*`` tensors are loaded strictly.
     """
-    from lightning_modules.tgan import TGANSystem
-
-    path = Path(path)
-    ckpt = load_checkpoint(path)
-    hparams = ckpt.get("hyper_parameters")
-    if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
-        raise CheckpointError(f"{path}: no emoedit hyperparameters (not a tgan checkpoint written by train.py?)")
-    if hparams.get("part") != TGAN_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {TGAN_PART!r} "
-                              "(model.tgan_checkpoint must be a t-GAN checkpoint)")
-    state = ckpt.get("state_dict")
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no state_dict")
-    config = dict(hparams["config"])
-    system = TGANSystem(config={**config, "fid_network": None})
     try:
-        system.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit the t-GAN built from its own config ({err})") from None
-    generator = system.G_ema
-    generator.eval().requires_grad_(False)
-    return generator, config, _sha256(path)
+        return load_generator_checkpoint(path, part=TGAN_PART, num_bf16_res=None, channels_last=None)
+    except CheckpointError as err:
+        if f"expected {TGAN_PART!r}" in str(err):
+            raise CheckpointError(f"{err} (model.tgan_checkpoint must be a t-GAN checkpoint)") from None
+        raise
 
 
 class TextureEncoderSystem(EmoeditSystem[TextureEncoderModelConfig]):

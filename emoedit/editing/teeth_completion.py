@@ -37,7 +37,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,11 @@ from emoedit.data.mouth import (
 )
 from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, ENCODER_STATE_PREFIX, PSPEncoder, load_matching
 from emoedit.networks.stylegan2 import StyleGAN2Generator
+from emoedit.networks.stylegan2.checkpoint import (
+    EMA_STATE_PREFIX,
+    generator_from_tgan_config,
+    load_generator_checkpoint,
+)
 from emoedit.shape_checks import assert_finite, assert_range, assert_shape
 
 #: Part names of the checkpoints written by ``train.py teeth_tgan`` / ``train.py teeth_encoder``.
@@ -64,7 +69,6 @@ TEETH_ENCODER_PART = "teeth_encoder"
 #: Keys of a teeth_encoder checkpoint (the first two are the texture encoder's, shared).
 GENERATOR_CONFIG_KEY = "tgan_config"  # the teeth t-GAN's model config (plain dict)
 GENERATOR_STATE_PREFIX = "generator."  # the generator the encoder was trained with
-EMA_STATE_PREFIX = "G_ema."  # the EMA generator in a teeth_tgan checkpoint
 MOUTH_SETTINGS_KEY = "mouth_settings"  # the mouths cache's "mouth" attributes (plain dict)
 DEFAULT_FEATHER_PX = 4.0  # width of the soft edge of the paste-back mask, mouth-crop pixels
 NOISE_MODES = ("const", "random", "none")
@@ -128,25 +132,6 @@ def resize_square(images: Tensor, size: int, *, mode: str) -> Tensor:
     raise ValueError(f"resize_square: mode must be area or smooth, got {mode!r}")
 
 
-def generator_from_tgan_config(config: Mapping[str, Any], *, num_bf16_res: int = 0) -> StyleGAN2Generator:
-    """A :class:`StyleGAN2Generator` shaped like the t-GAN of ``config`` (a t-GAN model config, plain dict).
-
-    The same constructor arguments as the t-GAN system's generator (architecture keys only;
-    ``num_bf16_res`` is a numerics choice, 0 = float32, and does not change the weights).
-    """
-    try:
-        return StyleGAN2Generator(
-            z_dim=int(config["z_dim"]), w_dim=int(config["w_dim"]), img_resolution=int(config["resolution"]),
-            img_channels=int(config.get("img_channels", 3)), mapping_layers=int(config["mapping_layers"]),
-            mapping_lr_multiplier=float(config.get("mapping_lr_multiplier", 0.01)),
-            w_avg_beta=float(config.get("w_avg_beta", 0.995)), channel_base=int(config["channel_base"]),
-            channel_max=int(config["channel_max"]), num_bf16_res=num_bf16_res, channels_last=False,
-            conv_clamp=config.get("conv_clamp"),
-        )
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"cannot build a generator from the t-GAN config {dict(config)!r} ({err})") from None
-
-
 def _part(ckpt: dict[str, Any]) -> Any:
     hparams = ckpt.get("hyper_parameters")
     return hparams.get("part") if isinstance(hparams, dict) else None
@@ -196,21 +181,13 @@ def load_teeth_generator(
     map_location: str | torch.device = "cpu",  # device of the loaded tensors
     num_bf16_res: int = 0,  # generator numerics (0 = float32)
 ) -> StyleGAN2Generator:
-    """The EMA generator (``G_ema``) of a ``teeth_tgan`` checkpoint, in eval mode (no Lightning)."""
-    path = Path(path)
-    ckpt = load_checkpoint(path, map_location=map_location)
-    if _part(ckpt) != TEETH_TGAN_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {_part(ckpt)!r}, expected {TEETH_TGAN_PART!r} "
-                              "(train.py teeth_tgan)")
-    config, state = ckpt["hyper_parameters"].get("config"), ckpt.get("state_dict")
-    if not isinstance(config, dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{path}: no model config or state_dict (not written by train.py teeth_tgan?)")
-    try:
-        generator = generator_from_tgan_config(config, num_bf16_res=num_bf16_res)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    load_matching(generator, _prefixed(state, EMA_STATE_PREFIX), source=f"{path}: G_ema")
-    return generator.eval()
+    """The EMA generator (``G_ema``) of a ``teeth_tgan`` checkpoint, in eval mode (no Lightning).
+
+    See :func:`emoedit.networks.stylegan2.checkpoint.load_generator_checkpoint`.
+    """
+    generator, _, _ = load_generator_checkpoint(path, part=TEETH_TGAN_PART, map_location=map_location,
+                                                num_bf16_res=num_bf16_res)
+    return generator
 
 
 # ---------------------------------------------------------------- the module
@@ -365,6 +342,7 @@ class TeethCompleter(nn.Module):
 
 
 __all__ = [
+    "EMA_STATE_PREFIX",
     "MOUTH_SETTINGS_KEY",
     "TEETH_ENCODER_PART",
     "TEETH_TGAN_PART",

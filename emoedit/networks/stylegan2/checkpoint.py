@@ -1,0 +1,109 @@
+"""Loading a t-GAN's EMA generator out of a ``train.py`` checkpoint, without Lightning.
+
+A ``tgan`` or ``teeth_tgan`` checkpoint (written by :class:`lightning_modules.tgan.TGANSystem`)
+holds ``hyper_parameters = {"part", "config"}`` (the part's plain ``model`` config) and a
+``state_dict`` with the generator ``G.*``, the discriminator ``D.*``, the EMA generator
+``G_ema.*`` and the path-length mean. Inference needs only ``G_ema``:
+:func:`load_generator_checkpoint` rebuilds a :class:`StyleGAN2Generator` from the config's
+architecture keys (:func:`generator_from_tgan_config`) and loads the ``G_ema.*`` tensors
+strictly (every tensor present, none extra, same shapes). Everything else in the file is
+ignored, so a slimmed file holding only ``G_ema.*`` (a pipeline bundle's) loads the same way.
+Files are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from emoedit.atomic_io import sha256_file
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.networks.psp_encoder import load_matching
+from emoedit.networks.stylegan2.generator import StyleGAN2Generator
+
+#: Part names of the checkpoints holding a StyleGAN2 (``train.py tgan`` / ``train.py teeth_tgan``).
+GENERATOR_PARTS: tuple[str, ...] = ("tgan", "teeth_tgan")
+#: Prefix of the EMA generator's tensors in such a checkpoint's ``state_dict``.
+EMA_STATE_PREFIX = "G_ema."
+
+
+def generator_from_tgan_config(
+    config: Mapping[str, Any],  # a t-GAN model config (plain dict: TGANModelConfig fields)
+    *,
+    num_bf16_res: int = 0,  # the N highest resolutions run in bfloat16 (0 = float32); not part of the weights
+    channels_last: bool = False,  # channels-last activations; not part of the weights
+) -> StyleGAN2Generator:
+    """A :class:`StyleGAN2Generator` shaped like the t-GAN of ``config``.
+
+    The same constructor arguments as the t-GAN system's generator (architecture keys;
+    ``num_bf16_res`` and ``channels_last`` are numerics / layout choices that do not change
+    the state dict). Raises :class:`CheckpointError` when a key is missing or invalid.
+    """
+    try:
+        return StyleGAN2Generator(
+            z_dim=int(config["z_dim"]), w_dim=int(config["w_dim"]), img_resolution=int(config["resolution"]),
+            img_channels=int(config.get("img_channels", 3)), mapping_layers=int(config["mapping_layers"]),
+            mapping_lr_multiplier=float(config.get("mapping_lr_multiplier", 0.01)),
+            w_avg_beta=float(config.get("w_avg_beta", 0.995)), channel_base=int(config["channel_base"]),
+            channel_max=int(config["channel_max"]), num_bf16_res=int(num_bf16_res), channels_last=bool(channels_last),
+            conv_clamp=config.get("conv_clamp"),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"cannot build a generator from the t-GAN config {dict(config)!r} ({err})") from None
+
+
+def generator_config_of(ckpt: Mapping[str, Any], *, part: str, path: str | os.PathLike) -> dict[str, Any]:
+    """The plain t-GAN model config of a loaded checkpoint dict, after checking its part name."""
+    if part not in GENERATOR_PARTS:
+        raise ValueError(f"part must be one of {GENERATOR_PARTS}, got {part!r}")
+    hparams = ckpt.get("hyper_parameters")
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
+        raise CheckpointError(f"{path}: no emoedit hyperparameters (not a {part} checkpoint written by train.py?)")
+    if hparams.get("part") != part:
+        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {part!r}")
+    return dict(hparams["config"])
+
+
+def load_generator_checkpoint(
+    path: str | os.PathLike,  # a tgan / teeth_tgan .ckpt written by train.py (or a slimmed copy)
+    *,
+    part: str,  # expected part name: "tgan" or "teeth_tgan"
+    map_location: str | torch.device = "cpu",  # device of the loaded tensors
+    num_bf16_res: int | None = 0,  # generator numerics (0 = float32); None = the checkpoint config's own
+    channels_last: bool | None = False,  # activation layout; None = the checkpoint config's own
+) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
+    """``(G_ema in eval mode with requires_grad False, the t-GAN model config, the file's sha256)``.
+
+    ``G_ema`` is rebuilt from the checkpoint's ``hyper_parameters["config"]`` and its
+    ``G_ema.*`` tensors are loaded strictly. Raises :class:`CheckpointError` naming the
+    file for another part, a missing config or state dict, or tensors that do not fit.
+    """
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location=map_location)
+    config = generator_config_of(ckpt, part=part, path=path)
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: no state_dict")
+    bf16 = int(config.get("num_bf16_res", 0)) if num_bf16_res is None else int(num_bf16_res)
+    layout = bool(config.get("channels_last", False)) if channels_last is None else bool(channels_last)
+    try:
+        generator = generator_from_tgan_config(config, num_bf16_res=bf16, channels_last=layout)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    weights = {k[len(EMA_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_STATE_PREFIX)}
+    load_matching(generator, weights, source=f"{path}: G_ema")
+    generator.to(map_location)
+    generator.eval().requires_grad_(False)
+    return generator, config, sha256_file(path)
+
+
+__all__ = [
+    "EMA_STATE_PREFIX",
+    "GENERATOR_PARTS",
+    "generator_config_of",
+    "generator_from_tgan_config",
+    "load_generator_checkpoint",
+]
