@@ -46,14 +46,17 @@ class PartSpec:
 def _parts() -> dict[str, PartSpec]:
     """The literal table of parts (imports deferred so ``--help`` stays fast)."""
     from datamodules.coefficients import CoefficientDataModule
+    from datamodules.face_crops import FaceCropDataModule
     from datamodules.frames import FrameDataModule
     from datamodules.mouths import MouthDataModule
     from datamodules.subject_textures import SubjectTextureDataModule
     from datamodules.textures import TextureDataModule
     from lightning_modules.classifier import ClassifierRunConfig, ClassifierSystem
+    from lightning_modules.exprgan import ExprGANRunConfig, ExprGANSystem
     from lightning_modules.geometry import GeometryRunConfig, GeometrySystem
     from lightning_modules.judge import JudgeRunConfig, JudgeSystem
     from lightning_modules.recon import ReconRunConfig, ReconSystem
+    from lightning_modules.stargan import StarGANRunConfig, StarGANSystem
     from lightning_modules.teeth import TeethEncoderRunConfig, TeethEncoderSystem, TeethTGANRunConfig, TeethTGANSystem
     from lightning_modules.texture_encoder import TextureEncoderRunConfig, TextureEncoderSystem
     from lightning_modules.tgan import TGANRunConfig, TGANSystem
@@ -67,7 +70,9 @@ def _parts() -> dict[str, PartSpec]:
         "teeth_encoder": PartSpec(TeethEncoderSystem, MouthDataModule, TeethEncoderRunConfig, "teeth encoder: teeth-removed mouth crop -> teeth t-GAN W+ (L2 + masked L2 + LPIPS + latent, METHOD §3.7)"),
         "geometry": PartSpec(GeometrySystem, CoefficientDataModule, GeometryRunConfig, "geometry editor: BFM-conditioned StarGAN on id/exp coefficients (METHOD §3.6, eqs. 6-16)"),
         "classifier": PartSpec(ClassifierSystem, SubjectTextureDataModule, ClassifierRunConfig, "subject classifier over UV textures (softmax weights of eq. 4, METHOD §3.5)"),
-        # Evaluation only (issue 7): never used by the method.
+        # Evaluation only (issue 7): baselines and judges, never used by the method.
+        "stargan": PartSpec(StarGANSystem, FaceCropDataModule, StarGANRunConfig, "baseline: StarGAN on aligned face crops (WGAN-GP + emotion classification + cycle, METHOD §6)"),
+        "exprgan": PartSpec(ExprGANSystem, FaceCropDataModule, ExprGANRunConfig, "baseline: ExprGAN-style encoder-decoder with an expression-intensity code on aligned face crops (METHOD §6)"),
         "judge": PartSpec(JudgeSystem, FrameDataModule, JudgeRunConfig, "evaluation judges: emotion / identity classifiers of ground-truth face crops (METHOD §6; never used by the method)"),
     }
 
