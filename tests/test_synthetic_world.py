@@ -541,3 +541,22 @@ def test_clip_key_rejects_bad_names() -> None:
         ClipKey("M001", "front", "neutral", 2, "001")  # neutral has level 1 only
     with pytest.raises(ValueError):
         ClipKey("../M001", "front", "happy", 1, "001")
+
+
+@pytest.mark.parametrize("lighting", ["per_recording", "per_subject"])
+def test_lighting_per_recording_or_per_subject(lighting: str) -> None:
+    preset = dataclasses.replace(PRESETS["tiny"], lighting=lighting, num_frames=2)
+    renderer = WorldRenderer(preset, SEED)
+    subject = renderer.plan.train_subjects[0]
+    layout = renderer.model.layout
+    gammas = [
+        layout.split(renderer.render_mead_clip(ClipKey(subject, "front", emotion, level, "001")).truth.coeffs).gamma[0]
+        for emotion, level in (("neutral", 1), ("happy", 3))
+    ]
+    same = torch.equal(gammas[0], gammas[1])
+    assert same == (lighting == "per_subject")
+
+
+def test_lighting_mode_is_validated() -> None:
+    with pytest.raises(ValueError, match="lighting"):
+        dataclasses.replace(PRESETS["tiny"], lighting="studio")

@@ -30,6 +30,13 @@ from emoedit.editing.emotion_code import EMOTIONS
 #: subject's left cheek (+x) turns toward the camera and the nose points to the image left.
 VIEW_YAW_DEGREES: dict[str, float] = {"front": 0.0, "left_30": -30.0, "right_30": 30.0}
 
+#: How the SH light of a recording is drawn (WorldPreset.lighting). Per recording, each
+#: clip of a subject has its own light, so emotional and neutral clips differ by lighting
+#: as well as by emotion (a confound for directions solved as differences of clip means,
+#: METHOD eq. 5). Per subject, every recording of a subject shares one light, as MEAD's
+#: studio recordings do.
+LIGHTING_MODES: tuple[str, ...] = ("per_recording", "per_subject")
+
 #: MEAD's folder name of the neutral emotion (it has ``level_1`` only).
 NEUTRAL = "neutral"
 
@@ -62,6 +69,8 @@ class WorldPreset:
     render_batch: int = 32  # frames rendered per batch
     crf: float = 16.0  # x264 constant rate factor of the written videos
     x264_preset: str = "veryfast"  # x264 speed/size trade-off of the written videos
+    lighting: str = "per_recording"  # "per_recording": every recording its own SH light; "per_subject": one
+    #                                  light per subject for all its recordings (MEAD's fixed studio light)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -96,6 +105,8 @@ class WorldPreset:
             problems.append(f"audio_rate must be >= 8000 Hz, got {self.audio_rate}")
         if self.render_batch < 1:
             problems.append(f"render_batch must be >= 1, got {self.render_batch}")
+        if self.lighting not in LIGHTING_MODES:
+            problems.append(f"lighting must be one of {LIGHTING_MODES}, got {self.lighting!r}")
         if problems:
             raise ValueError(f"WorldPreset {self.name!r}: " + "; ".join(problems))
 
