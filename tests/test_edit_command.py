@@ -101,6 +101,25 @@ def test_schedule_and_switches_reach_the_editor(clip, bundle, tmp_path, capsys):
     assert details["options"]["batch_size"] == 4
 
 
+def test_detect_upsample_and_bf16_reach_the_detector_and_options(clip, bundle, tmp_path, capsys, monkeypatch):
+    seen: list[dict] = []
+
+    def fake_dlib(**kw):  # noqa: ANN003, ANN202
+        seen.append(kw)
+        return clip.detector()
+
+    monkeypatch.setattr(detection_module, "DlibFaceDetector", fake_dlib)
+    report = tmp_path / "r.json"
+    code = cli(["edit", str(clip.path), "--bundle", str(bundle), "--out", str(tmp_path / "o.mp4"), "--quiet",
+                "--emotion", "sad", "--detect-upsample", "1", "--bf16", "--report", str(report)])
+    assert code == 0, capsys.readouterr().err
+    assert seen == [{"detector": "hog", "upsample": 1}]
+    assert json.loads(report.read_text())["details"]["options"]["bf16"] is True
+    assert cli(["edit", str(clip.path), "--bundle", str(bundle), "--out", str(tmp_path / "p.mp4"),
+                "--emotion", "sad", "--detect-upsample", "5"]) == 2
+    assert "--detect-upsample" in capsys.readouterr().err
+
+
 def test_unknown_subject_lists_the_known_ones(clip, bundle, tmp_path, capsys):
     code = cli(["edit", str(clip.path), "--bundle", str(bundle), "--emotion", "sad", "--subject", "M099",
                 "--out", str(tmp_path / "o.mp4"), "--quiet"])

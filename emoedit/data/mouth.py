@@ -15,6 +15,7 @@ the FFHQ quality filter's face-region mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,11 @@ def polygon_mask(
     Inside = even-odd rule (crossing count of a ray toward +x). With ``dilate_px > 0``
     pixel centres within that distance of any edge count too, so a degenerate polygon
     (e.g. a closed mouth, all points on a line) gives a thin band instead of nothing.
+
+    Only the pixels of the batch's common bounding box (grown by ``dilate_px`` + 1) are
+    tested: every pixel outside it is outside every polygon (a ray from left of a polygon
+    crosses it an even number of times, one from right of it or above / below it none),
+    so the result is the same as testing the whole image, at a fraction of the work.
     """
     dims = assert_shape(polygons, ("B", "N", 2), "polygons")
     if dims["N"] < 2:
@@ -51,14 +57,39 @@ def polygon_mask(
         raise ValueError(f"polygon_mask: dilate_px must be >= 0, got {dilate_px}")
     assert_finite(polygons, "polygons")
     height, width = int(size[0]), int(size[1])
-    chunk = max(1, _MAX_POLYGON_WORK // max(1, height * width * dims["N"]))
-    if dims["B"] > chunk:  # bound the (B, H·W, N) temporaries
-        return torch.cat([polygon_mask(polygons[i : i + chunk], size, dilate_px=dilate_px)
-                          for i in range(0, dims["B"], chunk)])
     points = polygons.detach().to(torch.float64)
+    mask = torch.zeros(dims["B"], 1, height, width, dtype=torch.bool, device=points.device)
+    if dims["B"] == 0 or height == 0 or width == 0:
+        return mask
+    margin = float(dilate_px) + 1.0
+    low = points.amin(dim=(0, 1)) - margin  # (2,) x, y
+    high = points.amax(dim=(0, 1)) + margin
+    (x_low, y_low), (x_high, y_high) = low.tolist(), high.tolist()
+    x0, y0 = max(0, math.floor(x_low)), max(0, math.floor(y_low))
+    x1, y1 = min(width - 1, math.ceil(x_high)), min(height - 1, math.ceil(y_high))
+    if x1 < x0 or y1 < y0:  # the polygons lie wholly outside the image
+        return mask
+    mask[:, :, y0 : y1 + 1, x0 : x1 + 1] = _polygon_window(points, x0, y0, y1 - y0 + 1, x1 - x0 + 1, dilate_px)
+    return mask
+
+
+def _polygon_window(
+    points: Tensor,  # (B, N, 2) float64 polygon vertices, pixels
+    x0: int,  # first column of the window
+    y0: int,  # first row of the window
+    height: int,  # rows of the window
+    width: int,  # columns of the window
+    dilate_px: float,  # see polygon_mask
+) -> Tensor:
+    """(B, 1, height, width) bool: :func:`polygon_mask`'s test on the pixel centres of one window."""
+    batch, count = points.shape[:2]
+    chunk = max(1, _MAX_POLYGON_WORK // max(1, height * width * count))
+    if batch > chunk:  # bound the (B, H·W, N) temporaries
+        return torch.cat([_polygon_window(points[i : i + chunk], x0, y0, height, width, dilate_px)
+                          for i in range(0, batch, chunk)])
     ys, xs = torch.meshgrid(
-        torch.arange(height, dtype=torch.float64, device=points.device),
-        torch.arange(width, dtype=torch.float64, device=points.device),
+        torch.arange(y0, y0 + height, dtype=torch.float64, device=points.device),
+        torch.arange(x0, x0 + width, dtype=torch.float64, device=points.device),
         indexing="ij",
     )
     px = xs.reshape(1, -1, 1)  # (1, P, 1)

@@ -102,16 +102,20 @@ def feathered_mouth_mask(
     *,
     dilate_px: float = DEFAULT_DILATE_PX,  # growth of the removed teeth region (as in the cache)
     feather_px: float = DEFAULT_FEATHER_PX,  # width of the soft edge (0: the hard removed region)
+    removed: Tensor | None = None,  # (B, 1, M, M) bool: polygon_mask(inner_lips, dilate_px) when already made
 ) -> Tensor:
     """(B, 1, M, M) float in [0, 1]: the paste-back weight of the completed mouth.
 
     ``max(blur(polygon grown by dilate_px + feather_px/2, σ = feather_px/4), removed region)``:
     1 on the whole removed region, falling to 0 about ``feather_px`` beyond it.
     """
-    assert_shape(inner_lips, (None, len(INNER_LIP_IDS), 2), "inner_lips")
+    dims = assert_shape(inner_lips, ("B", len(INNER_LIP_IDS), 2), "inner_lips")
     if feather_px < 0:
         raise ValueError(f"feathered_mouth_mask: feather_px must be >= 0, got {feather_px}")
-    hard = polygon_mask(inner_lips, (size, size), dilate_px=dilate_px).float()
+    if removed is None:
+        removed = polygon_mask(inner_lips, (size, size), dilate_px=dilate_px)
+    assert_shape(removed, ("B", 1, size, size), "removed", dims)
+    hard = removed.float()
     if feather_px == 0:
         return hard
     core = polygon_mask(inner_lips, (size, size), dilate_px=dilate_px + feather_px / 2).float()
@@ -328,12 +332,16 @@ class TeethCompleter(nn.Module):
         mask = polygon_mask(inner, (size, size), dilate_px=self.dilate_px)
         crop_removed = remove_region(aligned.crop, mask, fill=self.fill)
         generated, wplus = self.complete_crops(crop_removed)
-        blend = feathered_mouth_mask(inner, size, dilate_px=self.dilate_px, feather_px=self.feather_px).to(generated)
+        blend = feathered_mouth_mask(inner, size, dilate_px=self.dilate_px, feather_px=self.feather_px,
+                                     removed=mask).to(generated)
         crop = aligned.crop * (1.0 - blend) + generated * blend
-        pasted = paste_crop_into_frame(generated.to(frames.dtype), aligned.transform, frames,
-                                       mask=blend.to(frames.dtype))
-        frame_mask = paste_crop_into_frame(torch.ones_like(blend), aligned.transform,
-                                           frames.new_zeros(dims["B"], 1, *frames.shape[-2:]), mask=blend)
+        # One warp for the frames and their mask: a channel of ones pasted over zeros gives the
+        # warped weight (channels are resampled independently, so each equals a paste of its own).
+        both = paste_crop_into_frame(torch.cat([generated, torch.ones_like(blend)], dim=1).to(frames.dtype),
+                                     aligned.transform,
+                                     torch.cat([frames, frames.new_zeros(dims["B"], 1, *frames.shape[-2:])], dim=1),
+                                     mask=blend.to(frames.dtype))
+        pasted, frame_mask = both[:, :3], both[:, 3:]
         return TeethCompletionOutput(
             frames=pasted, crop=crop.clamp(0.0, 1.0), crop_input=aligned.crop, crop_removed=crop_removed,
             generated=generated, mask=mask, blend_mask=blend, frame_mask=frame_mask.clamp(0.0, 1.0),

@@ -21,9 +21,12 @@ again and re-extracts a frame's texture when it needs it (deterministic, so iden
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -35,30 +38,117 @@ from emoedit.data.detection import FaceDetection, FaceDetector
 from emoedit.data.face_tracking import TrackResult, track_faces
 from emoedit.editing.directions import texture_to_network
 from emoedit.face_model.camera import PerspectiveCamera
+from emoedit.pipeline.compositing import project_face
 from emoedit.pipeline.parts import EditParts
 from emoedit.pipeline.stage_timer import StageTimer
+from emoedit.reconstruction.reconstructor import RegressorReconstructor
 from emoedit.shape_checks import assert_shape
 from emoedit.texture.extraction import TextureExtractor
 from emoedit.texture.uv_layout import UVLayout
 from emoedit.video import VideoReader
 
 
+def network_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` of ``dtype`` on ``device``'s type around a network call; a no-op for None (float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+DECODE_AHEAD_CHUNKS = 2  # chunks a background thread decodes ahead of their use (0: decode in the caller's thread)
+
+
 def timed_chunks(
     reader: VideoReader,  # an entered reader; every call decodes from the first frame
     chunk_size: int,  # frames per chunk
-    timer: StageTimer,  # decoding time is charged to "decode"
+    timer: StageTimer,  # the time spent waiting for a chunk is charged to "decode"
+    *,
+    ahead: int = DECODE_AHEAD_CHUNKS,  # chunks decoded ahead in a background thread (0: none)
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """``(index of the chunk's first frame, (n, H, W, 3) uint8 RGB)`` over the whole video."""
+    """``(index of the chunk's first frame, (n, H, W, 3) uint8 RGB)`` over the whole video.
+
+    With ``ahead > 0`` a background thread decodes up to ``ahead`` chunks ahead of the
+    caller (PyAV releases the GIL while it decodes), so decoding overlaps the caller's
+    work; "decode" is then the time the caller waited for a chunk. Memory stays bounded
+    (``ahead + 1`` chunks), and the thread has stopped when the iterator is finished or
+    closed, so the reader can start its next pass.
+    """
     chunks = reader.iter_chunks(chunk_size)
+    source: Iterator[np.ndarray] = chunks if ahead <= 0 else _DecodeAhead(chunks, depth=ahead)
     start = 0
-    while True:
-        began = time.perf_counter()
-        chunk = next(chunks, None)
-        timer.add("decode", time.perf_counter() - began)
-        if chunk is None:
-            return
-        yield start, chunk
-        start += int(chunk.shape[0])
+    try:
+        while True:
+            began = time.perf_counter()
+            chunk = next(source, None)
+            timer.add("decode", time.perf_counter() - began)
+            if chunk is None:
+                return
+            yield start, chunk
+            start += int(chunk.shape[0])
+    finally:
+        if isinstance(source, _DecodeAhead):
+            source.close()
+
+
+class _DecodeAhead:
+    """Iterates ``chunks`` in a daemon thread through a bounded queue (exceptions re-raised in the caller)."""
+
+    _END = object()
+
+    def __init__(self, chunks: Iterator[np.ndarray], *, depth: int) -> None:
+        self._queue: queue.Queue[tuple[Any, BaseException | None]] = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(chunks,), name="emoedit-decode", daemon=True)
+        self._thread.start()
+
+    def _offer(self, item: tuple[Any, BaseException | None]) -> bool:
+        """Put ``item`` unless asked to stop; False when stopped."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, chunks: Iterator[np.ndarray]) -> None:
+        try:
+            for chunk in chunks:
+                if not self._offer((chunk, None)):
+                    return
+            self._offer((self._END, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consuming thread
+            self._offer((None, error))
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> _DecodeAhead:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._done:
+            raise StopIteration
+        item, error = self._queue.get()
+        if error is not None:
+            self._done = True
+            raise error
+        if item is self._END:
+            self._done = True
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (it finishes the chunk it is decoding)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
 
 
 def frames_to_tensor(chunk: np.ndarray, rows: list[int], device: torch.device) -> Tensor:
@@ -175,9 +265,14 @@ class FaceAnalyzer:
         """
         with torch.no_grad():
             texture_crop = warp_to_crop(frames, transform).clamp_(0.0, 1.0)
-            screen = self.face_model(coeffs.to(self.device, torch.float32), self.texture_camera).vertices_screen
+            screen, _ = project_face(self.face_model, coeffs.to(self.device, torch.float32), self.texture_camera)
             extraction = self.extractor(texture_crop, screen)
         return to_uint8(extraction.uv_texture), extraction.visibility > 0.5
+
+    def _pure_regression(self) -> bool:
+        """Whether the reconstructor is a network alone (no fitting, so autocast may run it)."""
+        reconstructor = self.parts.reconstructor
+        return isinstance(reconstructor, RegressorReconstructor) and reconstructor.refine is None
 
     # ---------------------------------------------------------------- whole video
     def analyse(
@@ -190,6 +285,7 @@ class FaceAnalyzer:
         need_subject_weights: bool,  # run the subject classifier
         timer: StageTimer,  # charges decode, align, recon, uv, encoder, classifier
         progress: bool = False,  # tqdm bar
+        autocast_dtype: torch.dtype | None = None,  # e.g. torch.bfloat16: the networks under autocast; None: float32
     ) -> VideoAnalysis:
         """Pass 1 over the frames ``track`` found a face in (the second decode)."""
         info = reader.info
@@ -201,8 +297,12 @@ class FaceAnalyzer:
             crop_landmarks = crop_tf.frame_to_crop(landmarks).float()
         row_of = torch.full((info.num_frames,), -1, dtype=torch.int64)
         row_of[frame_indices] = torch.arange(frame_indices.shape[0])
-        coeffs, visible, wplus, weights = [], [], [], []
+        # Per-frame results go straight into whole-video tensors (allocated at the first chunk):
+        # no list of small per-chunk tensors left between the chunks' large temporaries, which
+        # fragments the heap and makes the resident memory creep up with the video's length.
+        kept = _RowStore(num_rows=int(frame_indices.shape[0]))
         parts = self.parts
+        recon_dtype = autocast_dtype if self._pure_regression() else None  # never autocast a fitter's optimisation
         with tqdm(total=info.num_frames, desc="edit: analyse", unit="frame", disable=not progress) as bar:
             for start, chunk in timed_chunks(reader, chunk_size, timer):
                 bar.update(int(chunk.shape[0]))
@@ -214,32 +314,59 @@ class FaceAnalyzer:
                 with timer("align"):
                     frames = frames_to_tensor(chunk, local, self.device)
                     crops = self.aligned_crops(frames, crop_tf[rows])
-                with timer("recon"):  # no torch.no_grad here: a fitting reconstructor needs gradients
+                with timer("recon"), network_autocast(self.device, recon_dtype):  # no no_grad: a fitter needs gradients
                     chunk_coeffs = parts.reconstructor.reconstruct_clip(crops, crop_landmarks[rows].to(self.device))
-                    chunk_coeffs = chunk_coeffs.detach().float()
+                chunk_coeffs = chunk_coeffs.detach().float()
                 with timer("uv"):
                     uv_texture, visibility = self.extract_textures(frames, chunk_coeffs, texture_tf[rows])
-                coeffs.append(chunk_coeffs.cpu())
-                visible.append(visibility.float().mean(dim=(1, 2, 3)).cpu())
+                kept.put("coeffs", rows, chunk_coeffs)
+                kept.put("visible", rows, visibility.float().mean(dim=(1, 2, 3)))
                 if need_wplus or need_subject_weights:
                     network_input = texture_to_network(uv_texture)
                 if need_wplus:
-                    with timer("encoder"), torch.no_grad():
-                        wplus.append(parts.encoder(network_input).wplus.float().cpu())
+                    with timer("encoder"), torch.no_grad(), network_autocast(self.device, autocast_dtype):
+                        kept.put("wplus", rows, parts.encoder(network_input).wplus)
                 if need_subject_weights:
-                    with timer("classifier"), torch.no_grad():
-                        weights.append(parts.classifier(network_input).subject_weights.float().cpu())
+                    with timer("classifier"), torch.no_grad(), network_autocast(self.device, autocast_dtype):
+                        kept.put("weights", rows, parts.classifier(network_input).subject_weights)
         return VideoAnalysis(
             frame_indices=frame_indices,
             landmarks=landmarks,
             crop_transform=crop_tf,
             texture_transform=texture_tf,
-            coeffs=torch.cat(coeffs),
-            visible_fraction=torch.cat(visible),
-            wplus=torch.cat(wplus) if wplus else None,
-            subject_weights=torch.cat(weights) if weights else None,
+            coeffs=kept.get_or_empty("coeffs", (self.face_model.layout.size,)),
+            visible_fraction=kept.get_or_empty("visible", ()),
+            wplus=kept.get("wplus") if need_wplus else None,
+            subject_weights=kept.get("weights") if need_subject_weights else None,
             track=track,
         )
 
 
-__all__ = ["FaceAnalyzer", "VideoAnalysis", "detect_and_track", "frames_to_tensor", "timed_chunks", "to_uint8"]
+class _RowStore:
+    """Whole-video CPU float32 tensors filled row by row (the first ``put`` of a name allocates it)."""
+
+    def __init__(self, *, num_rows: int) -> None:
+        self.num_rows = num_rows
+        self.tensors: dict[str, Tensor] = {}
+
+    def put(self, name: str, rows: Tensor, values: Tensor) -> None:
+        """``tensors[name][rows] = values`` (``values`` (len(rows), ...) on any device)."""
+        values = values.detach()
+        if name not in self.tensors:
+            self.tensors[name] = torch.empty((self.num_rows, *values.shape[1:]), dtype=torch.float32)
+        self.tensors[name][rows] = values.to("cpu", torch.float32)
+
+    def get(self, name: str) -> Tensor | None:
+        """The tensor ``name`` (None when nothing was put: no rows)."""
+        return self.tensors.get(name)
+
+    def get_or_empty(self, name: str, row_shape: tuple[int, ...]) -> Tensor:
+        """The tensor ``name``, or ``(num_rows, *row_shape)`` zeros when nothing was put (no rows)."""
+        found = self.tensors.get(name)
+        return torch.zeros((self.num_rows, *row_shape)) if found is None else found
+
+
+__all__ = [
+    "DECODE_AHEAD_CHUNKS", "FaceAnalyzer", "VideoAnalysis", "detect_and_track", "frames_to_tensor", "network_autocast",
+    "timed_chunks", "to_uint8",
+]

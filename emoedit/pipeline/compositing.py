@@ -33,12 +33,48 @@ from emoedit.data.mouth import INNER_LIP_IDS, polygon_mask
 from emoedit.editing.teeth_completion import gaussian_blur
 from emoedit.face_model.camera import PerspectiveCamera
 from emoedit.face_model.morphable_model import MorphableModel
+from emoedit.face_model.rotation import euler_to_rotation
 from emoedit.render.renderer import MeshRenderer
 from emoedit.shape_checks import assert_range, assert_shape
 
 DEFAULT_ERODE_FRACTION = 0.02  # erosion of the paste mask, as a fraction of the texture crop side
 DEFAULT_FEATHER_FRACTION = 0.02  # width of the soft edge (2σ of the blur), as a fraction of the texture crop side
 MOUTH_CLOSE_DILATE_PX = 1.0  # growth of the inner-lip polygon that closes the mouth hole, crop pixels
+
+
+def project_face(
+    model: MorphableModel,  # the face model of the coefficients
+    coeffs: Tensor,  # (B, L) float coefficients, the model's layout
+    camera: PerspectiveCamera,  # the camera of the image the mesh is projected into
+) -> tuple[Tensor, Tensor]:
+    """``(vertices_screen (B, V, 3) (x_img, y_img, depth), landmarks (B, 68, 2) pixels)`` of ``coeffs``.
+
+    The geometry half of ``MorphableModel.forward`` (the same operations, so the same
+    numbers): shape, pose, projection, landmark pick, without the albedo, normals and
+    shading that rendering a UV texture and extracting one do not use.
+    """
+    assert_shape(coeffs, (None, model.layout.size), "coeffs")
+    parts = model.layout.split(coeffs)
+    vertices = model.shape(parts.id_coeff, parts.exp_coeff)
+    vertices_world = vertices @ euler_to_rotation(parts.angle) + parts.trans.unsqueeze(1)
+    vertices_screen = camera.project(vertices_world)
+    return vertices_screen, vertices_screen[:, model.landmark_ids, :2]
+
+
+def erode(
+    region: Tensor,  # (B, C, H, W) float in [0, 1]
+    radius: int,  # half side of the square structuring element, pixels (>= 0)
+) -> Tensor:
+    """Grey-scale erosion by a ``(2r+1)²`` square: ``1 − max_pool(1 − region)``, no erosion from the border.
+
+    Separable (a row max, then a column max: exactly the square window's max); ``max_pool2d``
+    pads with −inf, so the image border does not erode.
+    """
+    if radius <= 0:
+        return region
+    grown = F.max_pool2d(1.0 - region, kernel_size=(1, 2 * radius + 1), stride=1, padding=(0, radius))
+    grown = F.max_pool2d(grown, kernel_size=(2 * radius + 1, 1), stride=1, padding=(radius, 0))
+    return 1.0 - grown
 
 
 def feathered_face_mask(
@@ -56,9 +92,7 @@ def feathered_face_mask(
     size = dims["S"]
     mouth = polygon_mask(inner_lips, (size, size), dilate_px=MOUTH_CLOSE_DILATE_PX).to(render_mask)
     region = torch.maximum(render_mask, mouth)
-    radius = int(math.ceil(erode_px))
-    if radius > 0:  # erosion = 1 − dilation of the outside; max_pool pads with −inf: no erosion at the crop border
-        region = 1.0 - F.max_pool2d(1.0 - region, kernel_size=2 * radius + 1, stride=1, padding=radius)
+    region = erode(region, int(math.ceil(erode_px)))  # max_pool pads with −inf: no erosion at the crop border
     soft = gaussian_blur(region, feather_px / 2.0) if feather_px > 0 else region
     return (soft * render_mask).clamp(0.0, 1.0)
 
@@ -106,10 +140,10 @@ class FaceCompositor(nn.Module):
         dims = assert_shape(coeffs, ("B", model.layout.size), "coeffs")
         assert_shape(uv_texture, ("B", 3, "T", "T"), "uv_texture", dims)
         assert_range(uv_texture, 0.0, 1.0, "uv_texture")
-        face = model(coeffs.float(), self.camera)
-        out = self.renderer(face.vertices_screen, model.triangles, uv_coords=model.uv_coords,
-                            uv_texture=uv_texture.to(face.vertices_screen.dtype))
-        landmarks = face.landmarks.float()
+        vertices_screen, landmarks = project_face(model, coeffs.float(), self.camera)
+        out = self.renderer(vertices_screen, model.triangles, uv_coords=model.uv_coords,
+                            uv_texture=uv_texture.to(vertices_screen.dtype))
+        landmarks = landmarks.float()
         paste_mask = feathered_face_mask(out.mask, landmarks[:, list(INNER_LIP_IDS)], erode_px=self.erode_px,
                                          feather_px=self.feather_px)
         return FaceRender(image=out.image, mask=out.mask, paste_mask=paste_mask, landmarks=landmarks)
@@ -128,4 +162,4 @@ class FaceCompositor(nn.Module):
                                      mask=render.paste_mask.to(frames.dtype))
 
 
-__all__ = ["FaceCompositor", "FaceRender", "feathered_face_mask"]
+__all__ = ["FaceCompositor", "FaceRender", "erode", "feathered_face_mask", "project_face"]

@@ -5,7 +5,7 @@
         --schedule "0s neutral; 1.5s happy 0.3; 4s happy 1.0; 6s 0.5 sad + 0.5 angry"
       [--subject NAME] [--no-classifier --no-shape --no-texture --no-smoothing --no-teeth]
       [--texture-mode replace|residual] [--device cpu|cuda] [--batch-size N]
-      [--save-intermediates DIR] [--report OUT.json] [--detect-max-side N] [--crf Q]
+      [--save-intermediates DIR] [--report OUT.json] [--detect-max-side N] [--detect-upsample K] [--bf16] [--crf Q]
 
 ``--emotion`` takes a name or an expression of the schedule grammar (``"0.5 sad + 0.5
 angry"``; :mod:`emoedit.editing.emotion_code`); ``--intensity`` (default 1.0) multiplies
@@ -55,6 +55,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=16, help="frames per network call")
     parser.add_argument("--detect-max-side", type=int, default=None,
                         help="run dlib on frames downscaled to this longest side (faster on HD video)")
+    parser.add_argument("--detect-upsample", type=int, default=0,
+                        help="dlib: upsample frames x2 this many times before detection (1 finds faces down to ~40 px)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 for the encoder, classifier, t-GAN and regressor (faster on CPUs with AVX-512 BF16 / GPUs)")
     parser.add_argument("--crf", type=float, default=18.0, help="x264 quality of the output (0 lossless .. 51)")
     parser.add_argument("--save-intermediates", metavar="DIR", help="write per-frame textures, renders, latents")
     parser.add_argument("--report", metavar="OUT.json", help="write the edit report as JSON")
@@ -100,6 +104,8 @@ def run_edit(args: argparse.Namespace) -> None:
         raise CliError(f"--smoothing-window must be >= 0, got {args.smoothing_window}")
     if args.detect_max_side is not None and args.detect_max_side < 64:
         raise CliError(f"--detect-max-side must be >= 64 pixels, got {args.detect_max_side}")
+    if not 0 <= args.detect_upsample <= 3:
+        raise CliError(f"--detect-upsample must lie in 0..3, got {args.detect_upsample}")
     if args.subject is not None and args.no_classifier:
         raise CliError("--subject (eq. 3) and --no-classifier (mean directions) exclude each other")
     bundle = Path(args.bundle)
@@ -118,6 +124,7 @@ def run_edit(args: argparse.Namespace) -> None:
             smoothing=not args.no_smoothing, teeth=not args.no_teeth, subject=args.subject,
             texture_mode=args.texture_mode, batch_size=args.batch_size, smoothing_half_window=args.smoothing_window,
             progress=not args.quiet, save_intermediates=args.save_intermediates, crf=args.crf,
+            bf16=args.bf16,
         )
     except EditError as error:
         raise CliError(str(error)) from None
@@ -126,12 +133,14 @@ def run_edit(args: argparse.Namespace) -> None:
 
     parts = load_bundle(bundle, device=device)
     detector, min_face_size = None, None
-    if args.detect_max_side is not None:
+    if args.detect_max_side is not None or args.detect_upsample:
         from emoedit.data.detection import DlibFaceDetector
         from emoedit.data.preprocess import ScaledDetector
         from emoedit.pipeline.editor import DEFAULT_DLIB_MIN_FACE_PX
 
-        detector = ScaledDetector(DlibFaceDetector(detector="hog", upsample=0), max_side=args.detect_max_side)
+        detector = DlibFaceDetector(detector="hog", upsample=args.detect_upsample)
+        if args.detect_max_side is not None:
+            detector = ScaledDetector(detector, max_side=args.detect_max_side)
         min_face_size = DEFAULT_DLIB_MIN_FACE_PX
     try:
         editor = VideoEditor(parts=parts, options=options, detector=detector, min_face_size=min_face_size)

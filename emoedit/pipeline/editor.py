@@ -40,15 +40,23 @@ the edited mesh), and encode H.264 at the input's exact fps, frame count and siz
 input's audio copied packet for packet (:class:`~emoedit.video.VideoWriter`, which writes
 to a temporary file and moves it into place only when complete).
 
-Memory: never more than ``batch_size`` decoded frames at once (three decodes; decoding is
-cheap next to detection and the networks). Per frame, the landmarks, coefficients, W+ and
-subject weights are kept (W+ is ``num_ws · w_dim`` floats: 32 kB at 16 × 512).
+Memory: a few chunks of ``batch_size`` frames at once, whatever the video's length (three
+decodes; decoding is cheap next to detection and the networks): the chunk being edited,
+up to :data:`~emoedit.pipeline.analysis.DECODE_AHEAD_CHUNKS` decoded ahead by a background
+thread and up to :data:`ENCODE_BEHIND_CHUNKS` waiting for the background encoder. Per
+frame, the landmarks, coefficients, W+ and subject weights are kept (W+ is
+``num_ws · w_dim`` floats: 32 kB at 16 × 512), in whole-video tensors.
 
 Timing: :attr:`EditReport.seconds` has one entry per stage in
 :data:`~emoedit.pipeline.stage_timer.EDIT_STAGES` (CUDA is synchronised per stage). "decode"
-sums all three decodes; "align" includes the crop warps; "uv" includes re-extraction in
-pass 2; "generator" includes the W+ edit and its smoothing; "geometry" includes the
-expression smoothing; "paste" includes the float → uint8 conversion.
+sums all three decodes and "encode" the encoding, each as the time the editing thread
+waited for its background thread (decoding and encoding overlap the other stages);
+"align" includes the crop warps; "uv" includes re-extraction in pass 2; "generator"
+includes the W+ edit and its smoothing; "geometry" includes the expression smoothing;
+"paste" includes the float → uint8 conversion.
+
+Precision: float32; ``EditOptions.bf16`` runs the texture encoder, the classifier, the
+t-GAN and a regression reconstructor (not a fitter) under bfloat16 autocast.
 
 Runs on the parts' device (CPU or CUDA) without gradients, except inside a fitting
 reconstructor, which optimises.
@@ -58,6 +66,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +89,7 @@ from emoedit.pipeline.analysis import (
     VideoAnalysis,
     detect_and_track,
     frames_to_tensor,
+    network_autocast,
     timed_chunks,
     to_uint8,
 )
@@ -92,6 +103,7 @@ TEXTURE_MODES: tuple[str, ...] = ("replace", "residual")
 TRAINED_MAX_STRENGTH = 1.0  # α = j / E_m of MEAD's strongest level; stronger codes extrapolate
 DEFAULT_DLIB_MIN_FACE_PX = 40.0  # dlib: smaller faces are not tracked (as emoedit preprocess)
 TEXTURE_EDIT_CHUNK = 256  # frames per TextureEditor call (bounds the (B, num_ws·w_dim) temporaries)
+ENCODE_BEHIND_CHUNKS = 2  # edited chunks waiting for the background encoder at most
 
 
 class EditError(ValueError):
@@ -115,6 +127,8 @@ class EditOptions:
     save_intermediates: str | None = None  # folder for per-frame textures, renders, masks and edit_data.pt
     crf: float = 18.0  # x264 constant rate factor of the output (0 lossless .. 51)
     preset: str = "medium"  # x264 speed/size preset of the output
+    bf16: bool = False  # run the encoder, classifier, t-GAN and a regression reconstructor under bfloat16 autocast
+    # (faster on CPUs with AMX/AVX512-BF16 and on GPUs; results differ slightly: off by default)
 
     def __post_init__(self) -> None:
         problems = []
@@ -181,6 +195,78 @@ def smooth_runs(sequence: Tensor, runs: list[tuple[int, int]], half_window: int)
     for start, stop in runs:
         out[start:stop] = temporal_smooth(sequence[start:stop], half_window)
     return out
+
+
+class _EncodeBehind:
+    """Hands frame chunks to ``writer.write`` in a background thread, at most ``depth`` chunks behind.
+
+    PyAV releases the GIL while it converts and encodes, so encoding overlaps the next
+    chunk's work. ``write`` blocks while ``depth`` chunks wait (memory stays bounded) and
+    re-raises an error of the thread; ``finish`` waits until everything is written. The
+    chunks handed over must not be modified afterwards. Use as a context manager: on an
+    exception the thread is stopped and the pending chunks are dropped.
+    """
+
+    _END = object()
+
+    def __init__(self, writer: VideoWriter, *, depth: int) -> None:
+        self.writer = writer
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="emoedit-encode", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._END or self._stop.is_set():
+                return
+            try:
+                self.writer.write(item)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the editing thread
+                self._error = error
+                return
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, frames: np.ndarray) -> None:
+        """Queue ``(n, H, W, 3)`` uint8 frames for the writer."""
+        while True:
+            self._raise_error()
+            if not self._thread.is_alive():
+                raise RuntimeError("the video encoding thread stopped unexpectedly")
+            try:
+                self._queue.put(frames, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        """Wait until every queued chunk is written (re-raises the thread's error)."""
+        if self._thread.is_alive():
+            self.write(self._END)
+            self._thread.join()
+        self._raise_error()
+
+    def __enter__(self) -> _EncodeBehind:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():  # unblock and end the thread; pending chunks are dropped
+            try:
+                self._queue.put_nowait(self._END)
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+            self._thread.join(timeout=0.05)
 
 
 def _few(names: tuple[str, ...] | list[str], count: int = 8) -> str:
@@ -262,7 +348,7 @@ class VideoEditor:
             analysis = self.analyzer.analyse(
                 reader, track, chunk_size=options.batch_size, need_wplus=texture_edit,
                 need_subject_weights=texture_edit and options.use_classifier and options.subject is None,
-                timer=timer, progress=options.progress,
+                timer=timer, progress=options.progress, autocast_dtype=self._autocast_dtype(),
             )
             plan = self._plan(analysis, codes, timer)
             teeth_on = options.teeth and self.parts.teeth is not None
@@ -388,9 +474,13 @@ class VideoEditor:
         }
 
     # ---------------------------------------------------------------- synthesis
+    def _autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.options.bf16 else None
+
     def _decode_textures(self, wplus: Tensor) -> Tensor:
         """``(B, num_ws, w_dim)`` → ``(B, 3, R, R)`` t-GAN textures in [0, 1]."""
-        image = self.parts.generator.synthesis(wplus.to(self.device), noise_mode="const").float()
+        with network_autocast(self.device, self._autocast_dtype()):
+            image = self.parts.generator.synthesis(wplus.to(self.device), noise_mode="const").float()
         return image.add(1.0).div(2.0).clamp(0.0, 1.0)
 
     def _chunk_textures(
@@ -429,7 +519,8 @@ class VideoEditor:
         row_of = torch.full((info.num_frames,), -1, dtype=torch.int64)
         row_of[analysis.frame_indices] = torch.arange(analysis.num_faces)
         with tqdm(total=info.num_frames, desc="edit: synthesise", unit="frame",
-                  disable=not self.options.progress) as bar:
+                  disable=not self.options.progress) as bar, \
+                _EncodeBehind(writer, depth=ENCODE_BEHIND_CHUNKS) as encoder:
             for start, chunk in timed_chunks(reader, self.options.batch_size, timer):
                 rows_all = row_of[start : start + chunk.shape[0]]
                 local = torch.nonzero(rows_all >= 0).flatten().tolist()
@@ -458,9 +549,14 @@ class VideoEditor:
                                 int(analysis.frame_indices[row]), uv_texture=uv_texture[i], render=render.image[i],
                                 paste_mask=render.paste_mask[i], extracted=None if extracted is None else extracted[i],
                             )
-                with timer("encode"):
-                    writer.write(output)
+                with timer("encode"):  # the time waiting for the background encoder
+                    encoder.write(output)
                 bar.update(int(chunk.shape[0]))
+            with timer("encode"):
+                encoder.finish()
 
 
-__all__ = ["EditError", "EditOptions", "EditPlan", "EditReport", "TEXTURE_MODES", "VideoEditor", "smooth_runs"]
+__all__ = [
+    "ENCODE_BEHIND_CHUNKS", "EditError", "EditOptions", "EditPlan", "EditReport", "TEXTURE_MODES", "VideoEditor",
+    "smooth_runs",
+]
