@@ -6,9 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= demo
-OUT ?= outputs/demo
+OUT ?= outputs/$(PRESET)
 
-.PHONY: demo test test-slow venv clean-venv
+.PHONY: demo tour test test-slow venv clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m emoedit.cli demo --preset $(PRESET) --out $(OUT)
+
+tour: $(STAMP)
+	$(PY) -m emoedit.cli tour --out outputs/tour
 
 clean-venv:
 	rm -rf $(VENV)

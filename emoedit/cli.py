@@ -1,6 +1,10 @@
 """The ``emoedit`` command line (thin: parse, call the library, report).
 
-    emoedit demo [--preset quick|demo] [--out DIR]
+    emoedit demo [--preset quick|demo|gpu] [--out DIR] [--restart]
+    emoedit tour [--out DIR]
+    emoedit bundle --out DIR --face-model F --recon CKPT ... | emoedit bundle --check DIR
+    emoedit edit INPUT.mp4 --bundle DIR (--emotion E [--intensity A] | --schedule S) --out OUT.mp4
+    emoedit batch-edit MANIFEST --bundle DIR --out DIR [--processes N]
     emoedit synth --out DIR --preset {tiny,demo,full} --seed N
     emoedit preprocess {mead,ffhq,videos} INPUT... --out DIR --stage {align,reconstruct,all} [...]
     emoedit directions --cache DIR --encoder CKPT --out directions.pt
@@ -196,6 +200,13 @@ def _cmd_directions(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from emoedit.demo.run import run_demo
+
+    summary = run_demo(args.preset, Path(args.out), restart=args.restart, progress=not args.no_progress)
+    print(f"demo finished in {summary.run_seconds / 60:.1f} min: {summary.out_dir}")
+
+
+def _cmd_tour(args: argparse.Namespace) -> None:
     from emoedit.tour import run_tour
 
     run_tour(out_dir=Path(args.out), preset=args.preset)
@@ -214,10 +225,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emoedit", description="Continuous emotion editing of talking-head video.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="run the main job on the built-in synthetic world")
-    demo.add_argument("--preset", default="demo", choices=["quick", "demo"], help="size of the run")
-    demo.add_argument("--out", default="outputs/demo", help="output folder")
+    demo = sub.add_parser("demo", help="the whole method on the built-in synthetic world: world, preprocessing, "
+                          "every part trained, bundle, edits of an unseen subject, evaluation")
+    demo.add_argument("--preset", default="demo", choices=["quick", "demo", "gpu"],
+                      help="quick (~3 min CPU), demo (~18 min on 2 CPU cores) or gpu (CUDA, paper texture size)")
+    demo.add_argument("--out", default="outputs/demo", help="output folder (re-running continues where it stopped)")
+    demo.add_argument("--restart", action="store_true", help="delete the folder's finished stages and start over")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
     demo.set_defaults(func=_cmd_demo)
+
+    tour = sub.add_parser("tour", help="a one-minute tour of the foundation (face model, renderer, UV, video)")
+    tour.add_argument("--preset", default="demo", choices=["quick", "demo"], help="size of the tour")
+    tour.add_argument("--out", default="outputs/tour", help="output folder")
+    tour.set_defaults(func=_cmd_tour)
 
     synth = sub.add_parser("synth", help="generate the built-in synthetic world (MEAD/FFHQ layout + exact truth)")
     synth.add_argument("--out", required=True, help="output folder (re-running continues where it stopped)")
@@ -307,12 +327,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    """User-facing RuntimeErrors of long jobs (reported without a traceback)."""
+    from emoedit.demo.stages import StageError
+    from emoedit.demo.training import TrainingError
+    from emoedit.video import VideoError
+
+    return (StageError, TrainingError, VideoError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (CliError, FileNotFoundError, ValueError, OSError) as err:
+    except (CliError, FileNotFoundError, ValueError, OSError, *_runtime_errors()) as err:
         print(f"emoedit: error: {err}", file=sys.stderr)
         return 2
     return 0

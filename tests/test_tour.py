@@ -29,6 +29,6 @@ def test_cli_help_and_unknown_preset(capsys, tmp_path):
         assert exit_.code == 0
     assert "face-model" in capsys.readouterr().out
     try:
-        main(["demo", "--preset", "huge", "--out", str(tmp_path)])
+        main(["tour", "--preset", "huge", "--out", str(tmp_path)])
     except SystemExit as exit_:
         assert exit_.code == 2
