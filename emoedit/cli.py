@@ -5,6 +5,7 @@
     emoedit bundle --out DIR --face-model F --recon CKPT ... | emoedit bundle --check DIR
     emoedit edit INPUT.mp4 --bundle DIR (--emotion E [--intensity A] | --schedule S) --out OUT.mp4
     emoedit batch-edit MANIFEST --bundle DIR --out DIR [--processes N]
+    emoedit evaluate --config configs/evaluate/demo.yaml [key=value ...]
     emoedit synth --out DIR --preset {tiny,demo,full} --seed N
     emoedit preprocess {mead,ffhq,videos} INPUT... --out DIR --stage {align,reconstruct,all} [...]
     emoedit directions --cache DIR --encoder CKPT --out directions.pt
@@ -219,6 +220,10 @@ def _register_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     bundle_command.register(sub)
     edit_command.register(sub)
     batch_command.register(sub)
+
+    from emoedit.evaluation.command import register as register_evaluate
+
+    register_evaluate(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
