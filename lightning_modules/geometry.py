@@ -112,6 +112,7 @@ from emoedit.losses.geometry import (
     region_landmark_loss,
     region_landmark_weights,
 )
+from emoedit.metrics.geometry import MM_PER_MODEL_UNIT  # face-model space is in decimetres (mm = × 100)
 from emoedit.networks.geometry_editor import (
     FACE_MODEL_KEY,
     GENERATOR_KWARGS_KEY,
@@ -124,7 +125,6 @@ from emoedit.shape_checks import assert_shape
 from lightning_modules.base import EmoeditSystem
 from lightning_modules.recon import build_face_model
 
-MM_PER_MODEL_UNIT = 100.0  # face-model space is in decimetres
 LANDMARK_PAIRS = ("cycle", "edit")
 
 

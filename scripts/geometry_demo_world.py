@@ -66,9 +66,9 @@ from emoedit.data.synthetic.layout import ClipKey  # noqa: E402
 from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, emotion_code_from_level  # noqa: E402
 from emoedit.face_model import MorphableModel  # noqa: E402
 from emoedit.losses.geometry import LANDMARK_REGIONS, LIP_PAIRS  # noqa: E402
+from emoedit.metrics.geometry import MM_PER_MODEL_UNIT  # noqa: E402  (face-model space is in decimetres)
 from emoedit.networks.geometry_editor import GeometryGenerator, ShapeCoeffLayout, edit_geometry  # noqa: E402
 
-MM_PER_MODEL_UNIT = 100.0  # face-model space is in decimetres
 UPPER_FACE = LANDMARK_REGIONS["brows"] + LANDMARK_REGIONS["eyes"]  # landmarks away from the mouth
 LEVELS = (1, 2, 3)
 CONTINUOUS_LEVELS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)

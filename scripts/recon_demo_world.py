@@ -60,12 +60,12 @@ from emoedit.data.preprocess import PreprocessConfig, run_preprocess, truth_to_c
 from emoedit.data.synthetic import SyntheticWorld, generate_world  # noqa: E402
 from emoedit.data.synthetic.layout import ClipKey  # noqa: E402
 from emoedit.face_model import MorphableModel, PerspectiveCamera  # noqa: E402
+from emoedit.metrics.geometry import MM_PER_MODEL_UNIT  # noqa: E402  (face-model space is in decimetres)
 from emoedit.reconstruction import FitterConfig, FittingReconstructor, RegressorReconstructor  # noqa: E402
 from emoedit.shape_checks import assert_shape  # noqa: E402
 from emoedit.video import read_video  # noqa: E402
 
 DEEP3D_CROP = 224  # landmark errors are reported at Deep3D's crop scale
-MM_PER_MODEL_UNIT = 100.0  # face-model space is in decimetres
 VIEWS = ("front", "left_30", "right_30")
 SIDE_VIEWS = ("left_30", "right_30")
 METHODS = ("regressor", "regressor_exp0", "mean_face", "regressor@fitter_subset", "fitter", "truth")
