@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from emoedit.editing.emotion_code import MAX_LEVEL
+from emoedit.metrics.face_region import face_masks
 from emoedit.shape_checks import assert_shape
 
 LEVEL_TOLERANCE = 1e-6  # a strength α is a stored level when 3α is this close to an integer
@@ -118,18 +119,6 @@ def load_truth_edit(world: Any, source: Any, emotion: str, alpha: float, rows: S
     return ClipFrames(frames=frames, coeffs=clip.truth.coeffs[list(rows)].float(),
                       landmarks=clip.truth.landmarks[list(rows)].float(),
                       source=f"rendered on demand (level {alpha * MAX_LEVEL:.3g}, not video-encoded)")
-
-
-def face_masks(model: Any, camera: Any, coeffs: Tensor, image_size: int) -> Tensor:
-    """``(N, 1, S, S)`` bool: pixels covered by the face mesh of ``coeffs`` (N, L) under ``camera``."""
-    from emoedit.render.renderer import MeshRenderer
-
-    renderer = MeshRenderer(image_size=image_size, backend="torch", cull_backfaces=True)
-    with torch.no_grad():
-        face = model(coeffs.float(), camera)
-        colours = torch.ones_like(face.vertex_colors)
-        out = renderer(face.vertices_screen, model.triangles, vertex_colors=colours)
-    return out.mask > 0.5
 
 
 def face_region_errors(

@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import signal
 import sys
@@ -54,6 +53,7 @@ from emoedit.atomic_io import atomic_write_bytes, atomic_write_text
 from emoedit.demo.presets import ABLATIONS, DemoPreset, get_preset
 from emoedit.demo.stages import StageResult, StageRunner, format_seconds
 from emoedit.demo.training import TrainJob, train_lanes
+from emoedit.machine import machine_info
 
 #: Sub-folders and files a demo run writes (``restart`` removes exactly these).
 OWNED = ("world", ".world-preset.json", ".world-helper.log", ".world-helper.count", "cache", "runs", "directions.pt",
@@ -100,23 +100,6 @@ def edit_specs(preset: DemoPreset) -> list[EditSpec]:
             specs.append(spec)
             have.add(spec.name)
     return specs
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, load average, torch version, CUDA."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def _json(value: Any) -> str:

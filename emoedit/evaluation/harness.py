@@ -565,7 +565,7 @@ def run_evaluation(
 ) -> EvaluationResults:
     """Run (or continue) the evaluation described by ``config``; see the module docstring."""
     from emoedit.data.synthetic import SyntheticWorld
-    from emoedit.demo.run import machine_info
+    from emoedit.machine import machine_info
 
     cfg = config
     started = time.perf_counter()

@@ -13,7 +13,7 @@ Where each metric looks (:data:`METRICS` lists names, directions and groups):
 
 - **face region** (PSNR, SSIM, LPIPS, image jitter): the pixels covered by the true face
   mesh in the input frame or in the ground-truth frame (true coefficients, the world's
-  camera: exact; :func:`emoedit.demo.evaluation.face_masks`), computed on the region's
+  camera: exact; :func:`emoedit.metrics.face_region.face_masks`), computed on the region's
   bounding box (:func:`face_box`: the same PSNR / SSIM / jitter as on the whole frame, and
   LPIPS of the face rather than of mostly background);
 - **aligned crops** (emotion judge, identity judge, FED, FID, ArcSim's judge fallback):
@@ -205,7 +205,7 @@ class Scorer:
 
     # ------------------------------------------------------------------ pieces
     def _face_masks(self, coeffs: Tensor, size: int) -> Tensor:
-        from emoedit.demo.evaluation import face_masks
+        from emoedit.metrics.face_region import face_masks
 
         return face_masks(self.face_model, self.camera, coeffs.to(self.face_model.mean_shape.device), size).cpu()
 
