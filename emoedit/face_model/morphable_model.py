@@ -50,6 +50,17 @@ class FaceModelOutput:
     rotation: Tensor  # (B, 3, 3) row-vector rotation R, vertices_world = vertices @ R + trans
 
 
+@dataclass(frozen=True)
+class FaceGeometry:
+    """The geometry half of a forward pass (shape, pose, projection, landmarks; no shading)."""
+
+    vertices: Tensor  # (B, V, 3) model space (eq. 1), decimetres
+    rotation: Tensor  # (B, 3, 3) row-vector rotation R
+    vertices_world: Tensor  # (B, V, 3) vertices @ rotation + trans, decimetres
+    vertices_screen: Tensor  # (B, V, 3) (x_img, y_img, depth): pixels, pixels, decimetres
+    landmarks: Tensor  # (B, 68, 2) iBUG 68 landmarks in pixels (x right, y down)
+
+
 class MorphableModel(nn.Module):
     """A linear 3D morphable model with Deep3DFaceRecon pose, camera and lighting.
 
@@ -230,30 +241,48 @@ class MorphableModel(nn.Module):
         Returns:
             :class:`FaceModelOutput` (see its fields for shapes and units).
         """
-        layout = self.layout
+        parts = self._as_parts(coeffs)
+        geo = self._geometry(parts, camera)
+        albedo = self.albedo(parts.tex_coeff)
+        normals = self.vertex_normals(geo.vertices) @ geo.rotation
+        vertex_colors = albedo * sh_irradiance(normals, parts.gamma)
+        return FaceModelOutput(
+            vertices=geo.vertices,
+            vertices_world=geo.vertices_world,
+            vertices_screen=geo.vertices_screen,
+            landmarks=geo.landmarks,
+            albedo=albedo,
+            normals=normals,
+            vertex_colors=vertex_colors,
+            rotation=geo.rotation,
+        )
+
+    def geometry(self, coeffs: Tensor | Coeffs, camera: PerspectiveCamera) -> FaceGeometry:
+        """Shape, pose, projection and landmark pick of :meth:`forward` (same operations, same numbers).
+
+        Args:
+            coeffs: ``(B, layout.size)`` float flat coefficients, or their :class:`Coeffs` split.
+            camera: projection (use ``camera.scaled(size)`` for other image sizes).
+
+        Returns:
+            :class:`FaceGeometry` (no albedo, normals or shading are computed).
+        """
+        return self._geometry(self._as_parts(coeffs), camera)
+
+    def _as_parts(self, coeffs: Tensor | Coeffs) -> Coeffs:
         if isinstance(coeffs, Tensor):
-            parts = layout.split(coeffs)
-        else:
-            layout.join(coeffs)  # validates every block's shape
-            parts = coeffs
+            return self.layout.split(coeffs)
+        self.layout.join(coeffs)  # validates every block's shape
+        return coeffs
+
+    def _geometry(self, parts: Coeffs, camera: PerspectiveCamera) -> FaceGeometry:
         vertices = self.shape(parts.id_coeff, parts.exp_coeff)
         rotation = euler_to_rotation(parts.angle)
         vertices_world = vertices @ rotation + parts.trans.unsqueeze(1)
         vertices_screen = camera.project(vertices_world)
         landmarks = vertices_screen[:, self.landmark_ids, :2]
-        albedo = self.albedo(parts.tex_coeff)
-        normals = self.vertex_normals(vertices) @ rotation
-        vertex_colors = albedo * sh_irradiance(normals, parts.gamma)
-        return FaceModelOutput(
-            vertices=vertices,
-            vertices_world=vertices_world,
-            vertices_screen=vertices_screen,
-            landmarks=landmarks,
-            albedo=albedo,
-            normals=normals,
-            vertex_colors=vertex_colors,
-            rotation=rotation,
-        )
+        return FaceGeometry(vertices=vertices, rotation=rotation, vertices_world=vertices_world,
+                            vertices_screen=vertices_screen, landmarks=landmarks)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:

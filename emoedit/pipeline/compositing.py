@@ -33,7 +33,6 @@ from emoedit.data.mouth import INNER_LIP_IDS, polygon_mask
 from emoedit.editing.teeth_completion import gaussian_blur
 from emoedit.face_model.camera import PerspectiveCamera
 from emoedit.face_model.morphable_model import MorphableModel
-from emoedit.face_model.rotation import euler_to_rotation
 from emoedit.render.renderer import MeshRenderer
 from emoedit.shape_checks import assert_range, assert_shape
 
@@ -49,16 +48,13 @@ def project_face(
 ) -> tuple[Tensor, Tensor]:
     """``(vertices_screen (B, V, 3) (x_img, y_img, depth), landmarks (B, 68, 2) pixels)`` of ``coeffs``.
 
-    The geometry half of ``MorphableModel.forward`` (the same operations, so the same
-    numbers): shape, pose, projection, landmark pick, without the albedo, normals and
-    shading that rendering a UV texture and extracting one do not use.
+    The geometry half of ``MorphableModel.forward`` (:meth:`MorphableModel.geometry`, the
+    same operations, so the same numbers): shape, pose, projection, landmark pick, without the
+    albedo, normals and shading that rendering a UV texture and extracting one do not use.
     """
     assert_shape(coeffs, (None, model.layout.size), "coeffs")
-    parts = model.layout.split(coeffs)
-    vertices = model.shape(parts.id_coeff, parts.exp_coeff)
-    vertices_world = vertices @ euler_to_rotation(parts.angle) + parts.trans.unsqueeze(1)
-    vertices_screen = camera.project(vertices_world)
-    return vertices_screen, vertices_screen[:, model.landmark_ids, :2]
+    geo = model.geometry(coeffs, camera)
+    return geo.vertices_screen, geo.landmarks
 
 
 def erode(
