@@ -41,6 +41,7 @@ class PartSpec:
     datamodule: type  # an EmoeditDataModule subclass
     schema: type  # a RunConfig subclass with ``model`` and ``data`` sections
     summary: str  # one line for ``--help``
+    config_files: tuple[str, ...] | None = None  # base YAMLs under configs/, in merge order; None: (<part>.yaml,)
 
 
 def _parts() -> dict[str, PartSpec]:
@@ -73,6 +74,10 @@ def _parts() -> dict[str, PartSpec]:
         # Evaluation only (issue 7): baselines and judges, never used by the method.
         "stargan": PartSpec(StarGANSystem, FaceCropDataModule, StarGANRunConfig, "baseline: StarGAN on aligned face crops (WGAN-GP + emotion classification + cycle, METHOD §6)"),
         "exprgan": PartSpec(ExprGANSystem, FaceCropDataModule, ExprGANRunConfig, "baseline: ExprGAN-style encoder-decoder with an expression-intensity code on aligned face crops (METHOD §6)"),
+        "psp_tgan": PartSpec(TGANSystem, TextureDataModule, TGANRunConfig, "baseline pSp, step 1: the t-GAN's StyleGAN2 on aligned face crops (METHOD §6)",
+                             config_files=("tgan.yaml", "baselines/psp_face_tgan.yaml")),
+        "psp_encoder": PartSpec(TextureEncoderSystem, TextureDataModule, TextureEncoderRunConfig, "baseline pSp, step 2: the pSp encoder face crop -> W+ of psp_tgan (METHOD §6)",
+                                config_files=("texture_encoder.yaml", "baselines/psp_face_encoder.yaml")),
         "judge": PartSpec(JudgeSystem, FrameDataModule, JudgeRunConfig, "evaluation judges: emotion / identity classifiers of ground-truth face crops (METHOD §6; never used by the method)"),
     }
 
@@ -290,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_help = any(a in ("-h", "--help") for a in rest)
     overrides = [a for a in rest if a not in ("-h", "--help")]
     try:
-        cfg = compose_config(parts[part].schema, part=part, config_dir=CONFIG_DIR, overrides=overrides)
+        cfg = compose_config(parts[part].schema, part=part, config_dir=CONFIG_DIR, overrides=overrides,
+                             base_files=parts[part].config_files)
         if show_help:
             print(f"{part}: {parts[part].summary}\n\nresolved config (override any key with key=value):\n")
             print(OmegaConf.to_yaml(cfg))

@@ -13,15 +13,15 @@ import yaml
 import train
 from datamodules.textures import IMAGE_KEY, TextureDataModule, resize_image
 from emoedit.baselines import GLOBAL_SUBJECT, PSPFaceEditor
-from emoedit.baselines.psp_face import area_resize_uint8, main, overrides_from_yaml
+from emoedit.baselines.psp_face import area_resize_uint8, main
 from emoedit.checkpoint_io import CheckpointError, load_checkpoint
-from emoedit.config import compose_config, config_to_plain
+from emoedit.config import ConfigError, compose_config, config_to_plain
 from emoedit.data.cache import CacheReader
 from emoedit.editing.directions import EditDirections
 from emoedit.editing.emotion_code import EMOTIONS, emotion_code_from_alpha
 from emoedit.networks.psp_encoder import PSPEncoder
 from emoedit.networks.stylegan2.checkpoint import load_generator_checkpoint
-from lightning_modules.texture_encoder import TextureEncoderRunConfig, TextureEncoderSystem
+from lightning_modules.texture_encoder import TextureEncoderRunConfig
 from lightning_modules.tgan import TGANRunConfig
 from tests.test_baselines_stargan import SIZE, write_face_crop_cache
 from tests.test_texture_encoder_system import write_tgan_checkpoint
@@ -29,7 +29,8 @@ from tests.test_texture_encoder_system import write_tgan_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 TGAN_YAML = REPO / "configs" / "baselines" / "psp_face_tgan.yaml"
 ENCODER_YAML = REPO / "configs" / "baselines" / "psp_face_encoder.yaml"
-ENCODER_SPEC = train.PartSpec(TextureEncoderSystem, TextureDataModule, TextureEncoderRunConfig, "pSp encoder")
+PARTS = train._parts()
+ENCODER_SPEC = PARTS["psp_encoder"]
 SOLVED = ("happy", "sad")  # the test world's emotions at level 3
 
 
@@ -41,8 +42,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 def _encoder_config(world: dict[str, Path], out: Path, *overrides: str):
-    return compose_config(TextureEncoderRunConfig, part="texture_encoder", config_dir=REPO / "configs", overrides=[
-        *overrides_from_yaml(ENCODER_YAML), f"output_dir={out}", f"model.tgan_checkpoint={world['tgan']}",
+    return compose_config(TextureEncoderRunConfig, part="psp_encoder", config_dir=REPO / "configs",
+                          base_files=ENCODER_SPEC.config_files, overrides=[f"output_dir={out}", f"model.tgan_checkpoint={world['tgan']}",
         f"data.cache_dir={world['cache']}", f"data.resolution={SIZE}", "model.input_size=32", "model.depth=10",
         "model.widths=[8,16,32,64]", "model.loss.lpips=0", "model.lr=1e-3", "data.batch_size=4",
         "data.val_images=0", "data.num_workers=0", "logger.kind=none", "trainer.accelerator=cpu",
@@ -59,25 +60,39 @@ def encoder_ckpt(world, tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------- configs and data
-def test_override_files_compose_like_an_experiment_section(tmp_path):
-    config_dir = tmp_path / "configs"
-    (config_dir / "experiment").mkdir(parents=True)
-    for part, schema, override in (("tgan", TGANRunConfig, TGAN_YAML),
-                                   ("texture_encoder", TextureEncoderRunConfig, ENCODER_YAML)):
-        shutil.copy(REPO / "configs" / f"{part}.yaml", config_dir / f"{part}.yaml")
-        (config_dir / "experiment" / "psp.yaml").write_text(yaml.safe_dump({part: yaml.safe_load(override.read_text())}))
-        words = overrides_from_yaml(override)
-        assert "data.cache_kind=frames" in words and "data.image_field=crop" in words and "run_name=psp_face" in words
-        via_words = compose_config(schema, part=part, config_dir=REPO / "configs", overrides=words)
-        via_section = compose_config(schema, part=part, config_dir=config_dir, overrides=["experiment=psp"])
-        assert config_to_plain(via_words) == config_to_plain(via_section)
-        assert via_words.output_dir == f"runs/{part}/psp_face" and via_words.data.resolution == 256
-    assert "model.resolution=256" in overrides_from_yaml(TGAN_YAML)
+def test_psp_parts_layer_the_baseline_files_over_the_parts_configs(tmp_path):
+    for name, part, schema, baseline in (("psp_tgan", "tgan", TGANRunConfig, TGAN_YAML),
+                                         ("psp_encoder", "texture_encoder", TextureEncoderRunConfig, ENCODER_YAML)):
+        spec = PARTS[name]
+        assert spec.schema is schema and spec.system is PARTS[part].system and spec.datamodule is TextureDataModule
+        cfg = compose_config(schema, part=name, config_dir=REPO / "configs", base_files=spec.config_files)
+        assert cfg.data.cache_kind == "frames" and cfg.data.image_field == "crop" and cfg.run_name == "psp_face"
+        assert cfg.output_dir == f"runs/{name}/psp_face"
+        # The part's own file sits underneath: a key the baseline file does not set keeps the part's value.
+        plain_part = yaml.safe_load((REPO / "configs" / f"{part}.yaml").read_text())
+        plain_baseline = yaml.safe_load(baseline.read_text())
+        untouched = [k for k in plain_part.get("model", {}) if k not in plain_baseline.get("model", {})]
+        assert untouched, "the test needs a model key only the part's file sets"
+        assert all(cfg.model[k] == plain_part["model"][k] for k in untouched)
+        # Experiment sections and key=value still apply on top, under the baseline part's name.
+        (tmp_path / "experiment").mkdir(exist_ok=True)
+        for f in (f"{part}.yaml", f"baselines/{baseline.name}"):
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / "configs" / f, tmp_path / f)
+        (tmp_path / "experiment" / "x.yaml").write_text(yaml.safe_dump({name: {"run_name": "from_experiment"}}))
+        cfg = compose_config(schema, part=name, config_dir=tmp_path, base_files=spec.config_files,
+                             overrides=["experiment=x", "data.batch_size=3"])
+        assert cfg.run_name == "from_experiment" and cfg.data.batch_size == 3
+    assert compose_config(TGANRunConfig, part="psp_tgan", config_dir=REPO / "configs",
+                          base_files=PARTS["psp_tgan"].config_files).model.resolution == 256
+    with pytest.raises(ConfigError, match="no such config file"):
+        compose_config(TGANRunConfig, part="psp_tgan", config_dir=tmp_path / "nowhere", base_files=("tgan.yaml",))
 
 
 def test_texture_datamodule_reads_the_frames_crops(world):
-    plain = config_to_plain(compose_config(TGANRunConfig, part="tgan", config_dir=REPO / "configs", overrides=[
-        *overrides_from_yaml(TGAN_YAML), f"data.cache_dir={world['cache']}", "model.resolution=16",
+    plain = config_to_plain(compose_config(TGANRunConfig, part="psp_tgan", config_dir=REPO / "configs",
+                                           base_files=PARTS["psp_tgan"].config_files, overrides=[
+        f"data.cache_dir={world['cache']}", "model.resolution=16",
         "data.batch_size=4", "data.num_workers=0", "data.pin_memory=false"]))
     dm = TextureDataModule(config=plain["data"])
     dm.setup("fit")

@@ -2,11 +2,11 @@
 
 The method's texture machinery, applied to aligned face crops instead of UV textures:
 
-1. a StyleGAN2 on the crops — ``train.py tgan`` (:class:`lightning_modules.tgan.TGANSystem`)
-   with the overrides of ``configs/baselines/psp_face_tgan.yaml``;
-2. a pSp encoder crop → W+ of that generator — ``train.py texture_encoder``
-   (:class:`lightning_modules.texture_encoder.TextureEncoderSystem`) with
-   ``configs/baselines/psp_face_encoder.yaml``. Both read the ``crop`` field of the
+1. a StyleGAN2 on the crops — ``train.py psp_tgan`` (:class:`lightning_modules.tgan.TGANSystem`,
+   ``configs/tgan.yaml`` with ``configs/baselines/psp_face_tgan.yaml`` merged over it);
+2. a pSp encoder crop → W+ of that generator — ``train.py psp_encoder``
+   (:class:`lightning_modules.texture_encoder.TextureEncoderSystem`, ``configs/texture_encoder.yaml``
+   with ``configs/baselines/psp_face_encoder.yaml`` over it). Both read the ``crop`` field of the
    ``frames`` cache through :class:`datamodules.textures.TextureDataModule`
    (``data.cache_kind=frames data.image_field=crop``): no new training code;
 3. **one global direction per emotion** (no subjects, no classifier)::
@@ -18,18 +18,16 @@ The method's texture machinery, applied to aligned face crops instead of UV text
    file with the single pseudo-subject :data:`GLOBAL_SUBJECT`);
 4. the edit ``x = E(crop) + Σ_j α_j d[j]``, decoded by ``G`` (:class:`PSPFaceEditor`).
 
-Running it (the override files hold ``run_name: psp_face``, the frames cache and the view
-filter; add ``data.exclude.subject=[...]`` for the unseen subjects and any other override)::
+Running it (the baseline files hold ``run_name: psp_face``, the frames cache and the view
+filter; add ``data.exclude.subject=[...]`` for the unseen subjects and any other override;
+``experiment=`` files configure the two parts in ``psp_tgan:`` / ``psp_encoder:`` sections)::
 
-    python train.py tgan $(python -m emoedit.baselines.psp_face overrides configs/baselines/psp_face_tgan.yaml)
-    python train.py texture_encoder \\
-        $(python -m emoedit.baselines.psp_face overrides configs/baselines/psp_face_encoder.yaml)
+    python train.py psp_tgan data.cache_dir=data/cache/mead/frames
+    python train.py psp_encoder data.cache_dir=data/cache/mead/frames
     python -m emoedit.baselines.psp_face directions --cache data/cache/mead/frames \\
-        --encoder runs/texture_encoder/psp_face/checkpoints/last.ckpt --out runs/psp_face_directions.pt
+        --encoder runs/psp_encoder/psp_face/checkpoints/last.ckpt --out runs/psp_face_directions.pt
 
-(``overrides`` prints the file's keys as ``key=value`` arguments, which ``train.py`` merges
-after ``configs/<part>.yaml`` and any ``experiment=``; keys are checked against the part's
-schema as usual.) The encoder's crops are resized to the generator's resolution exactly as
+The encoder's crops are resized to the generator's resolution exactly as
 the DataModule served them in training (``area``); so are the crops of the directions.
 """
 
@@ -294,52 +292,10 @@ def _finetuned_generator(ckpt: dict[str, Any], path: Path, map_location: str | t
 
 
 # --------------------------------------------------------------------------- command line
-def _format_value(value: Any, where: str) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        if not value or any(ch.isspace() or ch in ",[]{}'\"" for ch in value):
-            raise ValueError(f"{where}: value {value!r} cannot be passed as one command-line word")
-        return value
-    if isinstance(value, list):
-        return "[" + ",".join(_format_value(v, where) for v in value) + "]"
-    if isinstance(value, dict) and not value:
-        return "{}"
-    raise ValueError(f"{where}: unsupported value {value!r}")
-
-
-def overrides_from_yaml(path: str | os.PathLike) -> list[str]:
-    """A part's override file as ``key=value`` words for ``train.py`` (nested keys dotted, lists inline)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    path = Path(path)
-    loaded = OmegaConf.load(path)
-    if not isinstance(loaded, DictConfig):
-        raise ValueError(f"{path}: expected a mapping of config keys")
-    words: list[str] = []
-
-    def walk(node: Any, prefix: str) -> None:
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and value:
-                walk(value, dotted + ".")
-            else:
-                words.append(f"{dotted}={_format_value(value, f'{path}: {dotted}')}")
-
-    walk(OmegaConf.to_container(loaded, resolve=False), "")
-    return words
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """``overrides FILE`` (print train.py arguments) or ``directions`` (solve the global directions)."""
+    """``directions``: solve the global directions (the trained parts come from ``train.py psp_tgan|psp_encoder``)."""
     parser = argparse.ArgumentParser(prog="python -m emoedit.baselines.psp_face", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    over = sub.add_parser("overrides", help="print an override YAML as key=value arguments for train.py")
-    over.add_argument("file")
     dirs = sub.add_parser("directions", help="solve one global W+ direction per emotion from a frames cache")
     dirs.add_argument("--cache", required=True, help="frames cache folder")
     dirs.add_argument("--encoder", required=True, help="texture_encoder checkpoint trained on face crops")
@@ -353,9 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     dirs.add_argument("--device", default="cpu")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        if args.command == "overrides":
-            print(" ".join(overrides_from_yaml(args.file)))
-            return 0
         result = run_psp_face_directions(args.cache, args.encoder, args.out, views=args.views or None,
                                          subjects=args.subjects, exclude_subjects=args.exclude_subjects,
                                          level=args.level, emotions=args.emotions or None,
@@ -374,7 +327,6 @@ __all__ = [
     "PSPFaceEditor",
     "encode_face_crops",
     "main",
-    "overrides_from_yaml",
     "run_psp_face_directions",
     "solve_global_directions",
 ]

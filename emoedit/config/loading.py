@@ -164,6 +164,7 @@ def compose_config(
     config_dir: str | os.PathLike,
     overrides: Sequence[str] = (),
     experiment: str | None = None,
+    base_files: Sequence[str] | None = None,
 ) -> DictConfig:
     """Build the validated config of ``part``.
 
@@ -173,6 +174,10 @@ def compose_config(
         config_dir: folder holding ``<part>.yaml`` and ``experiment/<name>.yaml``.
         overrides: ``key=value`` strings; ``experiment=NAME`` is allowed among them.
         experiment: experiment name (overridden by an ``experiment=`` entry).
+        base_files: the part's base YAML files under ``config_dir``, merged in order
+            (default ``[<part>.yaml]``, optional there). Named files must exist: a part that
+            reuses another part's system layers its own file on top, e.g. the pSp baseline's
+            ``["tgan.yaml", "baselines/psp_face_tgan.yaml"]``.
 
     Returns:
         A read-only, fully validated ``DictConfig`` with ``part`` set.
@@ -186,8 +191,14 @@ def compose_config(
     _open_free_form(cfg)
     cfg = _merge(cfg, {"part": part}, "train.py")
 
-    base_file = config_dir / f"{part}.yaml"
-    if base_file.exists():
+    if base_files is None:
+        default = config_dir / f"{part}.yaml"
+        files = [default] if default.exists() else []
+    else:
+        files = [config_dir / name for name in base_files]
+    for base_file in files:
+        if not base_file.is_file():
+            raise ConfigError(f"{base_file}: no such config file (a base file of part '{part}')")
         cfg = _merge(cfg, _load_yaml(base_file), str(base_file))
 
     if experiment:

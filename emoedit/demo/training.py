@@ -167,9 +167,10 @@ def run_job(job: TrainJob) -> dict[str, Any]:
 
     Reporting.__name__ = base.__name__
     Reporting.__qualname__ = base.__qualname__
-    cfg = compose_config(spec.schema, part=job.part, config_dir=train.CONFIG_DIR, overrides=job.train_overrides())
+    cfg = compose_config(spec.schema, part=job.part, config_dir=train.CONFIG_DIR, overrides=job.train_overrides(),
+                         base_files=spec.config_files)
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    trainer = train.run(train.PartSpec(Reporting, spec.datamodule, spec.schema, spec.summary), cfg)
+    trainer = train.run(train.PartSpec(Reporting, spec.datamodule, spec.schema, spec.summary, spec.config_files), cfg)
     seconds = time.perf_counter() - start
     if getattr(trainer, "interrupted", False):  # Ctrl-C: Lightning returns from fit; this part is not done
         raise KeyboardInterrupt(f"training {job.part} was interrupted at step {trainer.global_step}")
