@@ -183,3 +183,10 @@ def test_wired_into_emoedit_main_when_registered(clip, tmp_path, capsys):
     code = cli_module.main(["edit", str(clip.path), "--bundle", str(tmp_path), "--schedule", "1s grumpy",
                             "--out", str(tmp_path / "o.mp4")])
     assert code == 2 and "grumpy" in capsys.readouterr().err
+
+
+def test_texture_mode_choices_are_the_editors():
+    from emoedit.pipeline.edit_command import TEXTURE_MODE_CHOICES
+    from emoedit.pipeline.editor import TEXTURE_MODES
+
+    assert TEXTURE_MODE_CHOICES == TEXTURE_MODES

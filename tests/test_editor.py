@@ -477,3 +477,91 @@ def test_missing_teeth_part_is_a_warning(clip, tmp_path, capture):
     report = run(clip, tmp_path / "o.mp4", parts=tiny_parts(teeth=False), edit_texture=False)
     assert any("teeth" in w for w in report.warnings) and not report.details["teeth_completion"]
     assert report.seconds["teeth"] == 0.0 and report.seconds["encoder"] == 0.0
+
+
+# --------------------------------------------------------------------------- warp compositing
+def _warp_setup(size: int = 64):
+    from emoedit.data.alignment import CropTransform
+    from emoedit.pipeline.compositing import FaceCompositor
+
+    model = tiny_model()
+    compositor = FaceCompositor(face_model=model, crop_size=size, backend="torch")
+    coeffs = torch.zeros(2, model.layout.size)
+    # The frame is the crop scaled by 2 and shifted: a similarity, as the editor's texture transforms are.
+    transform = CropTransform(scale=torch.full((2,), 0.5), rotation=torch.zeros(2),
+                              offset=torch.full((2, 2), -4.0), crop_size=(size, size), frame_size=(120, 136))
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 120), torch.linspace(0, 1, 136), indexing="ij")
+    frames = torch.stack([xx, yy, 0.5 + 0.4 * torch.sin(40 * xx) * torch.cos(30 * yy)])[None].repeat(2, 1, 1, 1)
+    return model, compositor, coeffs, transform, frames
+
+
+def test_warp_without_an_edit_returns_the_frames():
+    model, compositor, coeffs, transform, frames = _warp_setup()
+    warped = compositor.warp(coeffs, coeffs, transform, frames)
+    assert warped.frames.shape == frames.shape and warped.visible.any()
+    assert (warped.frames - frames).abs().max() < 1e-5  # the same surface point is the same pixel
+    assert warped.paste_mask.max() > 0.99  # ... although the face was pasted
+    y0, x0, h, w = warped.window
+    assert 0 <= y0 and 0 <= x0 and y0 + h <= 120 and x0 + w <= 136
+    assert torch.allclose(warped.landmarks, warped.source_landmarks)
+
+
+def test_warp_moves_the_frame_pixels_with_the_mesh_and_adds_the_texture_change():
+    model, compositor, coeffs, transform, frames = _warp_setup()
+    trans = model.layout.slices["trans"]
+    moved = coeffs.clone()
+    moved[:, trans.start] = 0.05  # the whole head 0.05 units to the right: a few frame pixels
+    warped = compositor.warp(moved, coeffs, transform, frames)
+    shift = (warped.landmarks - warped.source_landmarks).mean(dim=(0, 1))
+    assert shift[0] > 2.0 and shift[1].abs() < 0.5 * shift[0]
+    # Inside the face, output(p) = frame(p − shift): compare where the paste weight is 1.
+    y0, x0, h, w = warped.window
+    full = warped.paste_mask[0, 0] > 0.999
+    assert full.sum() > 50
+    ys, xs = torch.nonzero(full, as_tuple=True)
+    grid = torch.stack([(xs + x0 - shift[0]) * 2 / 135 - 1, (ys + y0 - shift[1]) * 2 / 119 - 1], dim=-1)
+    expected = torch.nn.functional.grid_sample(frames[:1], grid[None, None].float(), align_corners=True)[0, :, 0]
+    got = warped.frames[0, :, ys + y0, xs + x0]
+    moved_error = float((got - expected).abs().mean())
+    unmoved_error = float((got - frames[0, :, ys + y0, xs + x0]).abs().mean())
+    assert moved_error < 0.2 * unmoved_error, (moved_error, unmoved_error)  # the frame moved with the mesh
+    # A constant texture change adds that constant inside the face (no geometry change).
+    change = torch.full((2, 3, 8, 8), -0.1)
+    tinted = compositor.warp(coeffs, coeffs, transform, frames, change_texture=change)
+    inside = tinted.paste_mask > 0.999
+    window = frames[..., y0 : y0 + tinted.window[2], x0 : x0 + tinted.window[3]]
+    diff = (tinted.face - window).permute(1, 0, 2, 3)[:, inside[:, 0]]
+    assert torch.allclose(diff, torch.full_like(diff, -0.1), atol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        far = coeffs.clone()
+        far[:, trans.start] = 50.0
+        compositor.warp(far, far, transform, frames)
+
+
+def test_teeth_gate_known_answer():
+    from emoedit.pipeline.editor import teeth_gate
+
+    source = torch.zeros(3, 68, 2)
+    source[:, 54, 0] = 20.0  # a mouth 20 px wide
+    moved = source.clone()
+    moved[1, 60:68, 0] = 1.0  # inner lips 1 px = 0.05 mouth widths
+    moved[2, 60:68, 1] = 3.0  # 3 px
+    moved[:, :48] = 9.0  # other landmarks do not count
+    assert torch.allclose(teeth_gate(moved, source, 0.1), torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(teeth_gate(moved * 4, source * 4, 0.1), torch.tensor([0.0, 0.5, 1.0]))  # any resolution
+
+
+def test_warp_mode_edits_off_leave_the_face_as_it_was(clip, tmp_path, capture):
+    run(clip, tmp_path / "out.mp4", edit_shape=False, edit_texture=False, teeth=False, texture_mode="warp",
+        preset="ultrafast", crf=0)
+    decoded, _ = read_video(clip.path)
+    output = np.concatenate(capture.frames).astype(np.int16)
+    assert np.abs(output - decoded.astype(np.int16)).max() <= 1, "no edit: the frame's own pixels, not a re-render"
+    report = run(clip, tmp_path / "edited.mp4", "happy 1.0", texture_mode="warp", teeth_gate=0.1,
+                 save_intermediates=str(tmp_path / "d"))
+    assert report.details["texture_mode"] == "warp" and report.frames_with_face == 10
+    assert (tmp_path / "d" / "renders" / "000003.png").is_file()
+    with pytest.raises(EditError, match="teeth_gate"):
+        quiet(teeth_gate=0.1, texture_mode="residual")
+    with pytest.raises(EditError, match="teeth_gate"):
+        quiet(teeth_gate=-1.0, texture_mode="warp")

@@ -17,6 +17,18 @@ so it already carries the shading. The render is pasted back into the full frame
   mouth hole the frame shows through until teeth completion replaces that region.
 
 Frame pixels where the warped weight is 0 are returned unchanged (bit for bit).
+
+**Warp compositing** (:meth:`FaceCompositor.warp`, ``texture_mode="warp"`` of the editor)
+renders nothing from a texture. It moves the frame's own pixels with the mesh: the
+edited mesh is rasterised in the frame (in a window around the face, at the frame's own
+resolution), and each covered pixel takes the colour of the *same surface point* (same
+triangle, same screen-space barycentric coordinates: a piecewise-affine image warp) in the
+frame under the source (unedited) coefficients, bilinearly sampled. The t-GAN's texture change ``G(x′) − G(x)`` is then
+rendered in the edited geometry and added. So the frame's detail is kept at full
+resolution (no frame → UV → frame resampling), an unedited frame comes back unchanged
+(to float rounding), and only what the edit changes changes. Surface points hidden in the
+source frame (behind the face itself: depth test against the source mesh's z-buffer) have
+no colour to borrow; they get weight 0 and show the frame.
 """
 
 from __future__ import annotations
@@ -33,12 +45,14 @@ from emoedit.data.mouth import INNER_LIP_IDS, polygon_mask
 from emoedit.editing.teeth_completion import gaussian_blur
 from emoedit.face_model.camera import PerspectiveCamera
 from emoedit.face_model.morphable_model import MorphableModel
+from emoedit.render.rasterizer import interpolate_vertex_attributes, make_rasterizer
 from emoedit.render.renderer import MeshRenderer
 from emoedit.shape_checks import assert_range, assert_shape
 
 DEFAULT_ERODE_FRACTION = 0.02  # erosion of the paste mask, as a fraction of the texture crop side
 DEFAULT_FEATHER_FRACTION = 0.02  # width of the soft edge (2σ of the blur), as a fraction of the texture crop side
 MOUTH_CLOSE_DILATE_PX = 1.0  # growth of the inner-lip polygon that closes the mouth hole, crop pixels
+WARP_DEPTH_TOLERANCE = 0.02  # a surface point counts as visible in the source frame within this depth, model units
 
 
 def project_face(
@@ -74,19 +88,18 @@ def erode(
 
 
 def feathered_face_mask(
-    render_mask: Tensor,  # (B, 1, S, S) float in {0, 1}: where the mesh covers the crop
-    inner_lips: Tensor,  # (B, 8, 2) projected inner-lip landmarks (iBUG 61-68), crop pixels, in order
+    render_mask: Tensor,  # (B, 1, H, W) float in {0, 1}: where the mesh covers the image (crop or window)
+    inner_lips: Tensor,  # (B, 8, 2) projected inner-lip landmarks (iBUG 61-68), pixels of that image, in order
     *,
     erode_px: float,  # erosion of the (mouth-closed) face region, crop pixels (>= 0)
     feather_px: float,  # soft-edge width, crop pixels: Gaussian σ = feather_px / 2 (0: hard edge)
 ) -> Tensor:
-    """(B, 1, S, S) float in [0, 1]: the paste weight of the rendered face (see the module docstring)."""
-    dims = assert_shape(render_mask, ("B", 1, "S", "S"), "render_mask")
+    """(B, 1, H, W) float in [0, 1]: the paste weight of the rendered face (see the module docstring)."""
+    dims = assert_shape(render_mask, ("B", 1, "H", "W"), "render_mask")
     assert_shape(inner_lips, ("B", len(INNER_LIP_IDS), 2), "inner_lips", dims)
     if erode_px < 0 or feather_px < 0:
         raise ValueError(f"feathered_face_mask: erode_px and feather_px must be >= 0, got {erode_px}, {feather_px}")
-    size = dims["S"]
-    mouth = polygon_mask(inner_lips, (size, size), dilate_px=MOUTH_CLOSE_DILATE_PX).to(render_mask)
+    mouth = polygon_mask(inner_lips, (dims["H"], dims["W"]), dilate_px=MOUTH_CLOSE_DILATE_PX).to(render_mask)
     region = torch.maximum(render_mask, mouth)
     region = erode(region, int(math.ceil(erode_px)))  # max_pool pads with −inf: no erosion at the crop border
     soft = gaussian_blur(region, feather_px / 2.0) if feather_px > 0 else region
@@ -101,6 +114,19 @@ class FaceRender:
     mask: Tensor  # (B, 1, S, S) float in {0, 1}: mesh coverage
     paste_mask: Tensor  # (B, 1, S, S) float in [0, 1]: feathered paste weight
     landmarks: Tensor  # (B, 68, 2) projected landmarks of the rendered mesh, crop pixels
+
+
+@dataclass(frozen=True, eq=False)
+class WarpedFace:
+    """Frames edited by warp compositing (:meth:`FaceCompositor.warp`)."""
+
+    frames: Tensor  # (B, 3, H, W) float in [0, 1]: the edited frames
+    landmarks: Tensor  # (B, 68, 2) projected landmarks of the edited mesh, frame pixels
+    source_landmarks: Tensor  # (B, 68, 2) projected landmarks of the source mesh, frame pixels
+    window: tuple[int, int, int, int]  # (y0, x0, h, w): the frame region that was rasterised, pixels
+    face: Tensor  # (B, 3, h, w) float: the warped face (+ texture change) in the window, before blending
+    paste_mask: Tensor  # (B, 1, h, w) float in [0, 1]: its feathered paste weight
+    visible: Tensor  # (B, 1, h, w) bool: edited-mesh pixels whose surface point is visible in the source frame
 
 
 class FaceCompositor(nn.Module):
@@ -124,6 +150,9 @@ class FaceCompositor(nn.Module):
         self.erode_px = DEFAULT_ERODE_FRACTION * crop_size if erode_px is None else float(erode_px)
         self.feather_px = DEFAULT_FEATHER_FRACTION * crop_size if feather_px is None else float(feather_px)
         self.renderer = MeshRenderer(image_size=self.crop_size, backend=backend, cull_backfaces=True, background=0.0)
+        # Warp: screen-space barycentrics, so each triangle maps affinely onto its source (piecewise-affine
+        # image warp) and an unmoved mesh samples every pixel at its own centre.
+        self.warp_rasterizer = make_rasterizer(backend, cull_backfaces=True, perspective_correct=False)
 
     @torch.no_grad()
     def render(
@@ -158,4 +187,86 @@ class FaceCompositor(nn.Module):
                                      mask=render.paste_mask.to(frames.dtype))
 
 
-__all__ = ["FaceCompositor", "FaceRender", "erode", "feathered_face_mask", "project_face"]
+    @torch.no_grad()
+    def warp(
+        self,
+        coeffs: Tensor,  # (B, L) the edited coefficients, face-model layout (texture-crop camera)
+        source_coeffs: Tensor,  # (B, L) the coefficients reconstructed from these frames (same camera)
+        transform: CropTransform,  # batch (B,): frame pixels → texture crop pixels
+        frames: Tensor,  # (B, 3, H, W) float in [0, 1]
+        change_texture: Tensor | None = None,  # (B, 3, T, T) float in [−1, 1]: UV texture change to add; None: none
+    ) -> WarpedFace:
+        """Move the frame's own face pixels with the edited mesh (see the module docstring)."""
+        model = self.face_model
+        dims = assert_shape(coeffs, ("B", model.layout.size), "coeffs")
+        assert_shape(source_coeffs, ("B", model.layout.size), "source_coeffs", dims)
+        assert_shape(frames, ("B", 3, "H", "W"), "frames", dims)
+        if change_texture is not None:
+            assert_shape(change_texture, ("B", 3, "T", "T"), "change_texture", dims)
+            assert_range(change_texture, -1.0, 1.0, "change_texture")
+        height, width = dims["H"], dims["W"]
+        transform = transform.to(frames.device)
+        edited, landmarks = self._frame_vertices(coeffs, transform)
+        source, source_landmarks = self._frame_vertices(source_coeffs, transform)
+
+        # The window: both meshes' extent in the frame, plus the feathering margin, clamped.
+        scale = float(transform.scale.mean())
+        margin = int(math.ceil((self.erode_px + 2.0 * self.feather_px) / scale)) + 2
+        both = torch.cat([edited[..., :2], source[..., :2]], dim=1).reshape(-1, 2)
+        x0 = max(0, math.floor(float(both[:, 0].min())) - margin)
+        y0 = max(0, math.floor(float(both[:, 1].min())) - margin)
+        x1 = min(width - 1, math.ceil(float(both[:, 0].max())) + margin)
+        y1 = min(height - 1, math.ceil(float(both[:, 1].max())) + margin)
+        if x1 < x0 or y1 < y0:  # the face is entirely outside the frame
+            raise ValueError(f"FaceCompositor.warp: the face mesh lies outside the {width}x{height} frame")
+        h, w = y1 - y0 + 1, x1 - x0 + 1
+        shift = edited.new_tensor([x0, y0, 0.0])
+        triangles = model.triangles
+        edited_fragments = self.warp_rasterizer(edited - shift, triangles, (h, w))
+        source_fragments = self.warp_rasterizer(source - shift, triangles, (h, w))
+
+        # Where each covered pixel's surface point sits in the source frame (window pixels, depth).
+        where = interpolate_vertex_attributes(edited_fragments, triangles, source - shift)  # (B, h, w, 3)
+        covered = edited_fragments.mask
+        grid_window = torch.stack([where[..., 0] * (2.0 / max(w - 1, 1)) - 1.0,
+                                   where[..., 1] * (2.0 / max(h - 1, 1)) - 1.0], dim=-1)
+        far = torch.finfo(where.dtype).max
+        source_depth = torch.where(source_fragments.mask, source_fragments.zbuf, torch.full_like(source_fragments.zbuf, far))
+        front = F.grid_sample(source_depth[:, None], grid_window, mode="nearest", padding_mode="border",
+                              align_corners=True)[:, 0]
+        visible = covered & (where[..., 2] <= front + WARP_DEPTH_TOLERANCE)
+
+        # Sample the frame there (frame coordinates: window + offset).
+        grid_frame = torch.stack([(where[..., 0] + x0) * (2.0 / max(width - 1, 1)) - 1.0,
+                                  (where[..., 1] + y0) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)
+        face = F.grid_sample(frames, grid_frame.to(frames.dtype), mode="bilinear", padding_mode="border",
+                             align_corners=True)
+        if change_texture is not None:
+            uv = interpolate_vertex_attributes(edited_fragments, triangles, model.uv_coords.to(where.dtype))
+            change = F.grid_sample(change_texture.to(where.dtype), uv * 2.0 - 1.0, mode="bilinear",
+                                   padding_mode="border", align_corners=True)
+            face = face + change.to(face.dtype)
+        face = face.clamp(0.0, 1.0)
+
+        landmarks_window = landmarks - landmarks.new_tensor([x0, y0])
+        paste_mask = feathered_face_mask(visible[:, None].to(frames.dtype), landmarks_window[:, list(INNER_LIP_IDS)],
+                                         erode_px=self.erode_px / scale, feather_px=self.feather_px / scale)
+        out = frames.clone()
+        region = out[..., y0 : y1 + 1, x0 : x1 + 1]
+        out[..., y0 : y1 + 1, x0 : x1 + 1] = region * (1.0 - paste_mask) + face * paste_mask
+        return WarpedFace(frames=out, landmarks=landmarks, source_landmarks=source_landmarks, window=(y0, x0, h, w), face=face, paste_mask=paste_mask,
+                          visible=visible[:, None])
+
+    def _frame_vertices(self, coeffs: Tensor, transform: CropTransform) -> tuple[Tensor, Tensor]:
+        """``(vertices (B, V, 3) (x, y frame pixels, depth), landmarks (B, 68, 2) frame pixels)`` of ``coeffs``.
+
+        The mesh is projected with the texture-crop camera and its image positions mapped to the
+        frame by the crop's similarity; depth is unchanged (the rasteriser uses it only to order
+        surfaces and for perspective-correct barycentrics, which a similarity of x, y preserves).
+        """
+        vertices_crop, landmarks_crop = project_face(self.face_model, coeffs.float(), self.camera)
+        xy = transform.crop_to_frame(vertices_crop[..., :2])
+        return torch.cat([xy, vertices_crop[..., 2:]], dim=-1), transform.crop_to_frame(landmarks_crop.float())
+
+
+__all__ = ["FaceCompositor", "FaceRender", "WarpedFace", "erode", "feathered_face_mask", "project_face"]

@@ -81,6 +81,7 @@ from tqdm import tqdm
 
 from emoedit.data.alignment import AlignmentTemplate, CropTransform
 from emoedit.data.detection import FaceDetector
+from emoedit.data.mouth import INNER_LIP_IDS
 from emoedit.editing.emotion_code import EMOTIONS, EmotionSchedule, format_emotion_code
 from emoedit.editing.smoothing import temporal_smooth
 from emoedit.networks.geometry_editor import edit_geometry
@@ -97,11 +98,13 @@ from emoedit.pipeline.compositing import FaceCompositor
 from emoedit.pipeline.intermediates import IntermediatesWriter
 from emoedit.pipeline.parts import EditParts
 from emoedit.pipeline.stage_timer import EDIT_STAGES, StageTimer
+from emoedit.shape_checks import assert_shape
 from emoedit.video import VideoReader, VideoWriter
 
-TEXTURE_MODES: tuple[str, ...] = ("replace", "residual")
+TEXTURE_MODES: tuple[str, ...] = ("replace", "residual", "warp")
 TRAINED_MAX_STRENGTH = 1.0  # α = j / E_m of MEAD's strongest level; stronger codes extrapolate
 DEFAULT_DLIB_MIN_FACE_PX = 40.0  # dlib: smaller faces are not tracked (as emoedit preprocess)
+MOUTH_CORNER_IDS = (48, 54)  # iBUG 49 and 55 (0-based): the outer lip corners, whose distance is the mouth width
 TEXTURE_EDIT_CHUNK = 256  # frames per TextureEditor call (bounds the (B, num_ws·w_dim) temporaries)
 ENCODE_BEHIND_CHUNKS = 2  # edited chunks waiting for the background encoder at most
 
@@ -120,13 +123,16 @@ class EditOptions:
     smoothing: bool = True  # False: --no-smoothing (no temporal smoothing of expression and W+)
     teeth: bool = True  # False: --no-teeth (no teeth completion)
     subject: str | None = None  # a training subject's name: eq. 3 with its directions instead of eq. 4
-    texture_mode: str = "replace"  # "replace": render G(x) (the paper); "residual": extracted + G(x) − G(x0)
+    texture_mode: str = "replace"  # "replace": render G(x) (the paper); "residual": extracted + G(x) − G(x0);
+    # "warp": the frame's own pixels moved with the mesh + G(x) − G(x0) (compositing.FaceCompositor.warp)
     batch_size: int = 16  # frames decoded and run through the networks at once
     smoothing_half_window: int | None = None  # l of the Hann window (2l+1 frames); None: settings.smoothing_half_window
     progress: bool = True  # tqdm bar per pass
     save_intermediates: str | None = None  # folder for per-frame textures, renders, masks and edit_data.pt
     crf: float = 18.0  # x264 constant rate factor of the output (0 lossless .. 51)
     preset: str = "medium"  # x264 speed/size preset of the output
+    teeth_gate: float = 0.0  # warp mode: complete teeth in proportion to how far the edit moved the inner lips
+    # (mean over the 8 inner-lip landmarks), full strength from this fraction of the mouth width; 0: always complete
     bf16: bool = False  # run the encoder, classifier, t-GAN and a regression reconstructor under bfloat16 autocast
     # (faster on CPUs with AMX/AVX512-BF16 and on GPUs; results differ slightly: off by default)
 
@@ -143,6 +149,10 @@ class EditOptions:
             problems.append("subject (eq. 3) and use_classifier=False (mean-direction ablation) exclude each other")
         if self.subject is not None and not str(self.subject).strip():
             problems.append("subject must be a non-empty name or None")
+        if not self.teeth_gate >= 0:
+            problems.append(f"teeth_gate must be >= 0, got {self.teeth_gate}")
+        if self.teeth_gate > 0 and self.texture_mode != "warp":
+            problems.append("teeth_gate applies to texture_mode='warp' only")
         if not 0 <= self.crf <= 51:
             problems.append(f"crf must lie in [0, 51], got {self.crf}")
         if problems:
@@ -180,11 +190,32 @@ class EditPlan:
 
     emotion_codes: Tensor  # (T, E) code per video frame (all frames)
     coeffs: Tensor  # (Tv, L) coefficients to render (edited and smoothed, or the reconstruction)
+    coeffs_source: Tensor  # (Tv, L) the reconstruction with its expression smoothed alike: what warp mode warps from
     wplus: Tensor | None  # (Tv, num_ws, w_dim) latents to decode (edited, smoothed); None: no texture edit
-    wplus_source: Tensor | None  # (Tv, num_ws, w_dim) x0 smoothed alike (residual mode), else None
+    wplus_source: Tensor | None  # (Tv, num_ws, w_dim) x0 smoothed alike (residual and warp modes), else None
     subject_weights: Tensor | None  # (N,) eq. 4 weights averaged over the video, when the classifier ran
     texture_edit_mode: str  # "classifier" (eq. 4), "subject" (eq. 3), "mean" (ablation) or "off" (--no-texture)
     half_window: int  # l of the smoothing window actually used (0 = off)
+
+
+def teeth_gate(
+    landmarks: Tensor,  # (B, 68, 2) edited mesh's landmarks, frame pixels
+    source_landmarks: Tensor,  # (B, 68, 2) source mesh's landmarks, frame pixels
+    full_fraction: float,  # displacement that gives weight 1, as a fraction of the source mouth width (> 0)
+) -> Tensor:
+    """``(B,)`` float in [0, 1]: mean displacement of the inner-lip landmarks / (``full_fraction`` ·
+    the source's mouth width, outer lip corners iBUG 49-55), clamped. Resolution-independent.
+
+    Warp compositing keeps the frame's own mouth where the edit left the lips in place; teeth
+    completion is only needed (and only trusted) where the edit moved them.
+    """
+    assert_shape(landmarks, ("B", 68, 2), "landmarks")
+    assert_shape(source_landmarks, ("B", 68, 2), "source_landmarks")
+    inner = list(INNER_LIP_IDS)
+    moved = (landmarks[:, inner] - source_landmarks[:, inner]).norm(dim=-1).mean(dim=-1)
+    left, right = MOUTH_CORNER_IDS
+    width = (source_landmarks[:, right] - source_landmarks[:, left]).norm(dim=-1).clamp_min(1e-6)
+    return (moved / (full_fraction * width)).clamp(0.0, 1.0)
 
 
 def smooth_runs(sequence: Tensor, runs: list[tuple[int, int]], half_window: int) -> Tensor:
@@ -416,13 +447,18 @@ class VideoEditor:
         half = self._half_window()
         runs = analysis.runs()
         coeffs = analysis.coeffs
+        exp = parts.face_model.layout.slices["exp"]
+        source = coeffs.clone()
         if options.edit_shape:
             with timer("geometry"), torch.no_grad():
                 device = next(parts.geometry.parameters()).device
-                source = coeffs.to(device)
-                edited = edit_geometry(parts.geometry, parts.face_model, source, codes.to(device), source).cpu()
-                exp = parts.face_model.layout.slices["exp"]
+                reconstructed = coeffs.to(device)
+                edited = edit_geometry(parts.geometry, parts.face_model, reconstructed, codes.to(device),
+                                       reconstructed).cpu()
                 edited[:, exp] = smooth_runs(edited[:, exp], runs, half)
+                # Warp mode moves pixels by (edited − source): smoothing both alike keeps the
+                # reconstruction's own frame-to-frame noise out of that difference.
+                source[:, exp] = smooth_runs(coeffs[:, exp], runs, half)
         else:
             edited = coeffs.clone()
         wplus = source_wplus = weights = None
@@ -457,9 +493,9 @@ class VideoEditor:
                         kwargs = {"mode": "mean"}
                     pieces.append(editor(x0, code, **kwargs).wplus.float().cpu())
                 wplus = smooth_runs(torch.cat(pieces), runs, half)
-                if options.texture_mode == "residual":
+                if options.texture_mode in ("residual", "warp"):
                     source_wplus = smooth_runs(analysis.wplus, runs, half)
-        return EditPlan(emotion_codes=codes_all, coeffs=edited, wplus=wplus, wplus_source=source_wplus,
+        return EditPlan(emotion_codes=codes_all, coeffs=edited, coeffs_source=source, wplus=wplus, wplus_source=source_wplus,
                         subject_weights=weights, texture_edit_mode=mode, half_window=half)
 
     def _edit_data(self, analysis: VideoAnalysis, plan: EditPlan) -> dict[str, Any]:
@@ -487,8 +523,19 @@ class VideoEditor:
         self, frames: Tensor, rows: Tensor, transform: CropTransform, analysis: VideoAnalysis, plan: EditPlan,
         timer: StageTimer,
     ) -> tuple[Tensor, Tensor | None]:
-        """``(texture to render (B, 3, T', T') in [0, 1], extracted texture (B, 3, T, T) or None)``."""
+        """``(texture to render (B, 3, T', T') in [0, 1], extracted texture (B, 3, T, T) or None)``.
+
+        Warp mode: ``(texture change G(x′) − G(x0) (B, 3, R, R) in [−1, 1] or zeros (B, 3, 1, 1) without a
+        texture edit, None)``.
+        """
         options = self.options
+        if options.texture_mode == "warp":
+            if not options.edit_texture:
+                return frames.new_zeros(frames.shape[0], 3, 1, 1), None
+            assert plan.wplus is not None and plan.wplus_source is not None
+            with timer("generator"), torch.no_grad():
+                both = self._decode_textures(torch.cat([plan.wplus[rows], plan.wplus_source[rows]]))
+                return both[: rows.shape[0]] - both[rows.shape[0] :], None
         extracted = None
         if not options.edit_texture or options.texture_mode == "residual":
             with timer("uv"):
@@ -532,22 +579,38 @@ class VideoEditor:
                         frames = frames_to_tensor(chunk, local, self.device)
                         transform = analysis.texture_transform[rows]
                     uv_texture, extracted = self._chunk_textures(frames, rows, transform, analysis, plan, timer)
-                    with timer("render"):
-                        render = self.compositor.render(plan.coeffs[rows].to(self.device), uv_texture)
-                    with timer("paste"):
-                        edited = self.compositor.paste(render, transform, frames).clamp_(0.0, 1.0)
+                    if self.options.texture_mode == "warp":
+                        with timer("render"):
+                            warped = self.compositor.warp(plan.coeffs[rows].to(self.device),
+                                                          plan.coeffs_source[rows].to(self.device), transform, frames,
+                                                          change_texture=uv_texture)
+                        edited, landmarks = warped.frames.clamp_(0.0, 1.0), warped.landmarks
+                        shown, shown_mask = warped.face, warped.paste_mask
+                        uv_texture = uv_texture.add(1.0).div(2.0)  # for the intermediates: 0.5 = no change
+                    else:
+                        with timer("render"):
+                            render = self.compositor.render(plan.coeffs[rows].to(self.device), uv_texture)
+                        with timer("paste"):
+                            edited = self.compositor.paste(render, transform, frames).clamp_(0.0, 1.0)
+                        landmarks = transform.to(self.device).crop_to_frame(render.landmarks)
+                        shown, shown_mask = render.image, render.paste_mask
                     if teeth_on:
                         assert self.parts.teeth is not None
                         with timer("teeth"):
-                            landmarks = transform.to(self.device).crop_to_frame(render.landmarks)
-                            edited = self.parts.teeth(edited, landmarks).frames.clamp_(0.0, 1.0)
+                            completed = self.parts.teeth(edited, landmarks).frames.clamp_(0.0, 1.0)
+                            if self.options.texture_mode == "warp" and self.options.teeth_gate > 0:
+                                gate = teeth_gate(warped.landmarks, warped.source_landmarks,
+                                                  self.options.teeth_gate)
+                                edited = edited + gate[:, None, None, None].to(edited) * (completed - edited)
+                            else:
+                                edited = completed
                     with timer("paste"):
                         output[local] = to_uint8(edited).permute(0, 2, 3, 1).cpu().numpy()
                     if intermediates is not None:
                         for i, row in enumerate(rows.tolist()):
                             intermediates.write_frame(
-                                int(analysis.frame_indices[row]), uv_texture=uv_texture[i], render=render.image[i],
-                                paste_mask=render.paste_mask[i], extracted=None if extracted is None else extracted[i],
+                                int(analysis.frame_indices[row]), uv_texture=uv_texture[i], render=shown[i],
+                                paste_mask=shown_mask[i], extracted=None if extracted is None else extracted[i],
                             )
                 with timer("encode"):  # the time waiting for the background encoder
                     encoder.write(output)
