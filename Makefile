@@ -1,5 +1,6 @@
 # The two commands of the README:
 #   make demo   set up .venv if missing, then run the main job on the built-in synthetic world
+#   make evaluate   make demo, then the judges, the baselines and the evaluation harness (same PRESET / OUT)
 #   make test   set up .venv if missing, then run the default test suite
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= demo
 OUT ?= outputs/$(PRESET)
 
-.PHONY: demo tour test test-slow venv clean-venv
+.PHONY: demo evaluate tour test test-slow venv clean-venv
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ test-slow: $(STAMP)
 
 demo: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m emoedit.cli demo --preset $(PRESET) --out $(OUT)
+
+evaluate: $(STAMP)
+	WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m emoedit.cli demo --preset $(PRESET) --out $(OUT) --evaluate
 
 tour: $(STAMP)
 	$(PY) -m emoedit.cli tour --out outputs/tour

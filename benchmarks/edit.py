@@ -476,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detect-upsample", type=int, default=None,
                         help="dlib HOG upsampling (default: the preset's; 1 finds the demo world's 64-px faces)")
     parser.add_argument("--no-teeth", action="store_true", help="EditOptions.teeth = False")
+    parser.add_argument("--texture-mode", default="replace", help="EditOptions.texture_mode: replace, residual, warp")
     parser.add_argument("--bf16", action="store_true", help="EditOptions.bf16: the networks under bfloat16 autocast")
     parser.add_argument("--emotion", default="happy", help="target emotion (strength 1)")
     parser.add_argument("--video", help="source clip (default: the demo world's, else one rendered on the fly)")
@@ -507,9 +508,12 @@ def main(argv: list[str] | None = None) -> int:
         parts_text = f"preset {preset.name}, random weights (seed {args.seed})"
     print(f"parts: {parts_text}, built in {time.perf_counter() - began:.1f} s; {parts.settings}")
     extra = {"bf16": True} if args.bf16 else {}  # (only when asked: the script also runs against older editors)
+    if args.texture_mode != "replace":
+        extra["texture_mode"] = args.texture_mode
     options = EditOptions(batch_size=args.batch_size, progress=False, teeth=not args.no_teeth, **extra)
     setup = (f"preset {preset.name}, {device}, {torch.get_num_threads()} torch thread(s), batch {args.batch_size}, "
-             f"{'bf16 autocast' if args.bf16 else 'float32'}, {'no teeth, ' if args.no_teeth else ''}"
+             f"{'bf16 autocast' if args.bf16 else 'float32'}, texture mode {args.texture_mode}, "
+             f"{'no teeth, ' if args.no_teeth else ''}"
              f"detector {args.detector} (dlib HOG upsample {upsample}"
              f"{'' if max_side is None else f', max side {max_side}'}), {frame_size}² frames")
     machine = machine_description(device)

@@ -1,12 +1,12 @@
 """The ``emoedit`` command line (thin: parse, call the library, report).
 
-    emoedit demo [--preset quick|demo|gpu] [--out DIR] [--restart]
+    emoedit demo [--preset quick|demo|gpu] [--out DIR] [--restart] [--evaluate]
     emoedit tour [--out DIR]
     emoedit bundle --out DIR --face-model F --recon CKPT ... | emoedit bundle --check DIR
     emoedit edit INPUT.mp4 --bundle DIR (--emotion E [--intensity A] | --schedule S) --out OUT.mp4
     emoedit batch-edit MANIFEST --bundle DIR --out DIR [--processes N]
     emoedit evaluate --config configs/evaluate/demo.yaml [key=value ...]
-    emoedit synth --out DIR --preset {tiny,demo,full} --seed N
+    emoedit synth --out DIR --preset {tiny,demo,demo_families,full} --seed N
     emoedit preprocess {mead,ffhq,videos} INPUT... --out DIR --stage {align,reconstruct,all} [...]
     emoedit directions --cache DIR --encoder CKPT --out directions.pt
     emoedit face-model convert-bfm09 --bfm 01_MorphableModel.mat --exp Exp_Pca.bin --aux DIR --out BFM_model_front.mat
@@ -203,7 +203,8 @@ def _cmd_directions(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from emoedit.demo.run import run_demo
 
-    summary = run_demo(args.preset, Path(args.out), restart=args.restart, progress=not args.no_progress)
+    summary = run_demo(args.preset, Path(args.out), restart=args.restart, progress=not args.no_progress,
+                       evaluate=args.evaluate)
     print(f"demo finished in {summary.run_seconds / 60:.1f} min: {summary.out_dir}")
 
 
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="outputs/demo", help="output folder (re-running continues where it stopped)")
     demo.add_argument("--restart", action="store_true", help="delete the folder's finished stages and start over")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars (for log files)")
+    demo.add_argument("--evaluate", action="store_true",
+                      help="then train the judges and baselines and run emoedit evaluate (Tables 1 and 2)")
     demo.set_defaults(func=_cmd_demo)
 
     tour = sub.add_parser("tour", help="a one-minute tour of the foundation (face model, renderer, UV, video)")
@@ -246,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="generate the built-in synthetic world (MEAD/FFHQ layout + exact truth)")
     synth.add_argument("--out", required=True, help="output folder (re-running continues where it stopped)")
-    synth.add_argument("--preset", default="demo", choices=["tiny", "demo", "full"], help="world size")
+    synth.add_argument("--preset", default="demo", choices=["tiny", "demo", "demo_families", "full"],
+                       help="world size (demo_families: demo with look-alike subject families)")
     synth.add_argument("--seed", type=int, default=0, help="world seed (the same seed gives the same world)")
     synth.add_argument("--quiet", action="store_true", help="no progress bars")
     synth.set_defaults(func=_cmd_synth)

@@ -485,3 +485,74 @@ def test_a_failing_method_is_reported_and_retried_not_faked(evaluated, tmp_path:
     with pytest.raises(ValueError, match="no usable face"):
         run_evaluation(load_evaluate_config(None, args + ["strict=true"]), registry=registry,
                        scorer=evaluated["scorer"])
+
+
+# --------------------------------------------------------------------------- fitter re-reconstruction
+def _fitter_config(world: Path, out: Path, *extra: str):
+    return load_evaluate_config(None, [f"world={world}", f"out={out}", "sets=seen", "max_items=1",
+                                       "monotonicity.enabled=false", "progress=false", "rereconstruct=fitter",
+                                       "refit_steps=10", "refit_render_size=32", *extra])
+
+
+def test_fitter_rereconstruction_needs_no_regressor_and_is_recorded(
+        tiny_world: Path, tmp_path: Path) -> None:
+    world = SyntheticWorld.open(tiny_world)
+    cfg = _fitter_config(tiny_world, tmp_path)
+    scorer = build_scorer(cfg, world)  # no bundle, no recon_checkpoint
+    assert scorer.reconstructor is None and scorer.refitter is not None and scorer.geometry
+    assert scorer.refitter.render_size == 32 and scorer.refitter.camera == world.camera  # whole frames, no crop
+    assert not any("reconstructor" in n for n in scorer.notes)
+    registry = MethodRegistry(methods=[CopyMethod("ours", "truth"), ReferenceMethod(name=INPUT_REFERENCE),
+                                       ReferenceMethod(name=TRUTH_REFERENCE)], skipped=[])
+    result = run_evaluation(cfg, registry=registry, scorer=scorer)
+    summary = result.summary("seen")
+    inputs, truth, ours = summary[INPUT_REFERENCE], summary[TRUTH_REFERENCE], summary["ours"]
+    for key in ("exp_err", "vertex_mm", "lip_mm", "lm_jitter"):
+        assert inputs[key] is not None and math.isfinite(inputs[key]), key
+        assert ours[key] == pytest.approx(truth[key]), key  # the same pixels, the same start: the same fit
+    assert inputs["lip_mm"] == pytest.approx(0.0, abs=1e-9) and truth["lm_jitter"] == pytest.approx(1.0)
+    assert truth["exp_err"] != inputs["exp_err"]  # the truth's pixels move the fit (its ranking on 64-px frames:
+    # not asserted — see tests/test_metrics_refit.py for the known-answer ranking on exactly rendered frames)
+    block = result.results["rereconstruction"]
+    assert (block["mode"], block["steps"], block["render_size"]) == ("fitter", 10, 32)
+    tables = result.tables_path.read_text(encoding="utf-8")
+    assert ("Expression / vertex / lip-opening / landmark-jitter columns: photometric re-fit of the whole frames "
+            "(FaceFitter photometric stage, 10 steps, render 32 px") in tables
+    assert "from the input's true coefficients, identity and albedo fixed" in tables
+    for change, name in (("refit_steps=12", "refit_steps"), ("rereconstruct=regressor", "rereconstruct")):
+        changed = _fitter_config(tiny_world, tmp_path, change)
+        with pytest.raises(ValueError, match=name):  # rows scored another way: refused
+            run_evaluation(changed, registry=registry, scorer=scorer)
+
+
+def test_rereconstruction_settings_in_the_state_fingerprint(tiny_world: Path, tmp_path: Path) -> None:
+    from emoedit.evaluation.harness import STATE_FILE, _check_state
+
+    base = [f"world={tiny_world}", f"out={tmp_path}"]
+    _check_state(tmp_path, load_evaluate_config(None, base))  # regressor (the default)
+    _check_state(tmp_path, load_evaluate_config(None, base + ["refit_steps=7"]))  # unused by the regressor: fine
+    with pytest.raises(ValueError, match="rereconstruct"):
+        _check_state(tmp_path, load_evaluate_config(None, base + ["rereconstruct=fitter"]))
+    state_path = tmp_path / STATE_FILE
+    state = json.loads(state_path.read_text())
+    for key in ("rereconstruct", "refit_steps", "refit_render_size"):  # a state written before these keys existed
+        del state[key]
+    state_path.write_text(json.dumps(state))
+    _check_state(tmp_path, load_evaluate_config(None, base))  # it was a regressor run: resumes
+    assert json.loads(state_path.read_text())["rereconstruct"] == "regressor"
+    fitter = tmp_path / "fitter"
+    _check_state(fitter, load_evaluate_config(None, [f"world={tiny_world}", f"out={fitter}", "rereconstruct=fitter"]))
+    with pytest.raises(ValueError, match="refit_render_size"):
+        _check_state(fitter, load_evaluate_config(None, [f"world={tiny_world}", f"out={fitter}",
+                                                         "rereconstruct=fitter", "refit_render_size=96"]))
+
+
+def test_rereconstruct_config_values(tiny_world: Path) -> None:
+    cfg = load_evaluate_config(None, [f"world={tiny_world}"])
+    assert (cfg.rereconstruct, cfg.refit_steps, cfg.refit_render_size) == ("regressor", 40, 64)
+    with pytest.raises(ConfigError, match=r"rereconstruct must be one of \['regressor', 'fitter'\], got 'fiter'"):
+        load_evaluate_config(None, [f"world={tiny_world}", "rereconstruct=fiter"])
+    with pytest.raises(ConfigError, match="refit_steps must be >= 1"):
+        load_evaluate_config(None, [f"world={tiny_world}", "refit_steps=0"])
+    with pytest.raises(ConfigError, match="refit_render_size must be >= 8"):
+        load_evaluate_config(None, [f"world={tiny_world}", "refit_render_size=4"])

@@ -110,3 +110,20 @@ def test_report_and_monotonicity_table() -> None:
                  "FID is omitted", "## Set `seen`: seen subjects", "### Table 1", "### Table 2",
                  "| ArcSim† ↑ |", "† ArcFace weights were not given", "## Intensity monotonicity", "### Metrics"):
         assert text in report, text
+
+
+def test_report_footnote_names_the_rereconstruction() -> None:
+    from emoedit.evaluation.tables import rereconstruction_footnote
+
+    results = {"sets": {}, "rereconstruction": {
+        "mode": "fitter", "steps": 40, "render_size": 64,
+        "description": "photometric re-fit of the whole frames (FaceFitter photometric stage, 40 steps, render 64 px, "
+                       "no landmarks) from the input's true coefficients, identity and albedo fixed"}}
+    report = format_report(results)
+    assert ("Expression / vertex / lip-opening / landmark-jitter columns: photometric re-fit of the whole frames "
+            "(FaceFitter photometric stage, 40 steps, render 64 px, no landmarks) from the input's true "
+            "coefficients, identity and albedo fixed.") in report
+    regressor = rereconstruction_footnote({"mode": "regressor", "description": "the bundle's reconstructor"})
+    assert regressor.startswith("Expression / vertex / lip-opening / landmark-jitter columns: the bundle's") and \
+        "*ground truth* column is clearly below the *input* column" in regressor
+    assert "landmark-jitter columns" not in format_report({"sets": {}})  # nothing measured: no footnote

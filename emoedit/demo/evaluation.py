@@ -14,9 +14,9 @@ For every edited video, on every ``frame_stride``-th frame:
   input** against it (the baseline an edit must beat), over the face region = the pixels
   covered by the true face mesh in the input frame or in the ground-truth frame
   (rasterised from the true coefficients with the world's camera: exact).
-- **Re-reconstruction** (:class:`ReReconstructor`): the expression is measured back from
-  the pixels of each video with the optimisation fitter — photometric stage only, no
-  landmarks (the output has no known landmarks and no detector weights ship), started
+- **Re-reconstruction** (:class:`~emoedit.metrics.refit.ReReconstructor`): the expression is
+  measured back from the pixels of each video with the optimisation fitter — photometric
+  stage only, no landmarks (the output has no known landmarks and no detector weights ship), started
   from the input's **true** coefficients, with the true identity and albedo held fixed;
   expression, pose and lighting are fitted. The same fit runs on the output, the input
   and the ground-truth video, and each is compared with the ground-truth edit's true
@@ -43,6 +43,7 @@ from torch import Tensor
 
 from emoedit.editing.emotion_code import MAX_LEVEL
 from emoedit.metrics.face_region import face_masks
+from emoedit.metrics.refit import FitErrors, ReReconstructor
 from emoedit.shape_checks import assert_shape
 
 LEVEL_TOLERANCE = 1e-6  # a strength α is a stored level when 3α is this close to an integer
@@ -66,18 +67,6 @@ class ClipFrames:
     coeffs: Tensor | None  # (N, L) true coefficients (None for the method's output)
     landmarks: Tensor | None  # (N, 68, 2) true landmarks, pixels (None for the output)
     source: str  # where it came from ("video <path>", "rendered on demand (level 1.5)")
-
-
-@dataclass(frozen=True)
-class FitErrors:
-    """Errors of one re-reconstruction against the ground-truth edit's true values (means over frames)."""
-
-    vertex_mm: float  # mean vertex distance of the pose-free shape, mm
-    exp_mae: float  # mean absolute expression-coefficient error
-    landmark_px: float  # mean 68-landmark distance, pixels of the video
-
-    def to_json(self) -> dict[str, float]:
-        return {"vertex_mm": self.vertex_mm, "exp_mae": self.exp_mae, "landmark_px": self.landmark_px}
 
 
 def stored_level(alpha: float, levels: Sequence[int]) -> int | None:
@@ -144,51 +133,6 @@ def face_region_errors(
     }
 
 
-class ReReconstructor:
-    """Measures the expression back from a video's pixels (see the module docstring)."""
-
-    def __init__(
-        self,
-        *,
-        face_model: Any,  # the world's MorphableModel
-        camera: Any,  # the world's frame camera (the frames are fitted whole, no crop)
-        photo_steps: int,  # photometric fitter iterations
-        render_size: int,  # side of the photometric render, pixels
-    ) -> None:
-        from emoedit.reconstruction.fitter import FaceFitter, FitterConfig
-
-        self.face_model = face_model
-        self.camera = camera
-        config = FitterConfig(pose_steps=0, shape_steps=0, photo_steps=photo_steps, landmark_weight=0.0,
-                              render_size=min(render_size, camera.image_size), render_backend="torch")
-        self.fitter = FaceFitter(face_model=face_model, camera=camera, config=config)
-        self.photo_steps = photo_steps
-
-    def fit(self, frames: Tensor, start: ClipFrames) -> Tensor:
-        """``(N, L)`` coefficients of ``frames`` (N, 3, H, W), starting from ``start``'s true coefficients."""
-        assert start.coeffs is not None and start.landmarks is not None
-        layout = self.face_model.layout
-        parts = layout.split(start.coeffs)
-        result = self.fitter.fit(frames, start.landmarks, init=start.coeffs, fixed_id=parts.id_coeff[0],
-                                 fixed_tex=parts.tex_coeff[0])
-        return result.coeffs
-
-    def errors(self, fitted: Tensor, truth: ClipFrames) -> FitErrors:
-        """Errors of ``fitted`` (N, L) against the true values of ``truth``."""
-        from emoedit.metrics.geometry import expression_error, landmark_error, shape_vertex_error_mm
-
-        assert truth.coeffs is not None and truth.landmarks is not None
-        layout = self.face_model.layout
-        mine, true = layout.split(fitted), layout.split(truth.coeffs)
-        with torch.no_grad():
-            vertex = shape_vertex_error_mm(self.face_model, mine.id_coeff, mine.exp_coeff, true.id_coeff,
-                                           true.exp_coeff)
-            landmarks = self.face_model(fitted, self.camera).landmarks
-        return FitErrors(vertex_mm=float(vertex.mean()), exp_mae=float(expression_error(mine.exp_coeff,
-                                                                                        true.exp_coeff).mean()),
-                         landmark_px=float(landmark_error(landmarks, truth.landmarks).mean()))
-
-
 def evaluate_edits(
     world: Any,  # the SyntheticWorld
     source: Any,  # the edited neutral clip (a ClipRecord of the world)
@@ -215,7 +159,7 @@ def evaluate_edits(
     if fit_photo_steps > 0:
         fitter = ReReconstructor(face_model=model, camera=camera, photo_steps=fit_photo_steps,
                                  render_size=fit_render_size)
-        input_fit = fitter.fit(inputs.frames, inputs)
+        input_fit = fitter.fit(inputs.frames, inputs.coeffs, inputs.landmarks)
     results = []
     for edit in tqdm(edits, desc="evaluation", unit="video", disable=not progress, dynamic_ncols=True):
         truth = load_truth_edit(world, source, edit.emotion, edit.alpha, rows)
@@ -236,9 +180,11 @@ def evaluate_edits(
                                                                   b.exp_coeff).mean())
         if fitter is not None and input_fit is not None:
             entry["refit"] = {
-                "output": fitter.errors(fitter.fit(output, inputs), truth).to_json(),
-                "input": fitter.errors(input_fit, truth).to_json(),
-                "truth_video": fitter.errors(fitter.fit(truth.frames, inputs), truth).to_json(),
+                "output": fitter.errors(fitter.fit(output, inputs.coeffs, inputs.landmarks), truth.coeffs,
+                                         truth.landmarks).to_json(),
+                "input": fitter.errors(input_fit, truth.coeffs, truth.landmarks).to_json(),
+                "truth_video": fitter.errors(fitter.fit(truth.frames, inputs.coeffs, inputs.landmarks),
+                                              truth.coeffs, truth.landmarks).to_json(),
             }
         results.append(entry)
     return {

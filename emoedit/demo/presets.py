@@ -25,6 +25,11 @@ mostly the light (docs/RESULTS.md, "Texture editing").
 
 Time caps bind on a 2-core CPU: the steps reached depend on the machine and its load, and
 are recorded in each part's stage stamp and in ``summary.json``.
+
+``DemoPreset.evaluate`` (an :class:`EvaluationPlan`) sizes ``emoedit demo --evaluate``
+(``make evaluate``, :mod:`emoedit.demo.evaluation_lane`): the judges' and baselines' budgets
+(``quick``: about 1 minute of training wall time, ``demo``: about 12, two lanes at once) and
+the harness's items per set, frames and intensity sweep. ``gpu`` has none yet.
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ class Ablation:
     edit_shape: bool = True  # False: the reconstructed geometry ("w/o shape")
     edit_texture: bool = True  # False: the frame's own texture ("w/o texture")
     teeth: bool = True  # False: no teeth completion
-    texture_mode: str | None = None  # None: the plan's; "replace" / "residual"
+    texture_mode: str | None = None  # None: the plan's; "replace" / "residual" / "warp"
 
 
 #: The ablations a preset may name in ``EditPlan.ablations``.
@@ -126,7 +131,10 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("no_texture", "w/o texture (no W+ edit)", edit_texture=False),
     Ablation("no_teeth", "w/o teeth completion", teeth=False),
     Ablation("replace_texture", "texture mode replace (render G(x), the paper's)", texture_mode="replace"),
-    Ablation("no_edit", "re-render only (no shape, texture or teeth edit)", edit_shape=False, edit_texture=False,
+    Ablation("residual_texture", "texture mode residual (extracted texture + G(x′) − G(x), rendered)",
+             texture_mode="residual"),
+    Ablation("no_edit", "no edit (shape, texture and teeth off: the plan's mode re-renders or re-warps)",
+             edit_shape=False, edit_texture=False,
              teeth=False),
 )}
 
@@ -142,18 +150,24 @@ class EditPlan:
     recon_refine: bool  # refine the regressor's coefficients with the optimisation fitter at inference
     fitter_steps: tuple[int, int, int]  # fitter (pose, shape, photo) steps when refining
     teeth: bool  # teeth completion in the mouth
-    texture_mode: str  # "replace" (render G(x), the paper) or "residual" (extracted texture + G(x) − G(x0))
+    texture_mode: str  # "replace" (render G(x), the paper), "residual" (extracted texture + G(x) − G(x0)) or
+    # "warp" (the frame's pixels moved with the edited mesh + G(x) − G(x0)); emoedit.pipeline.editor.TEXTURE_MODES
     ablations: tuple[str, ...] = ()  # names of ABLATIONS also run (at strength 1 on ablation_emotions)
     ablation_emotions: tuple[str, ...] = ()  # emotions of the ablation edits (a subset of emotions)
     detector: str = "dlib"  # faces at edit time: "dlib" (HOG + 68 points, as a user's video) or "truth" (the world's landmarks)
     detect_upsample: int = 1  # dlib: upsample x2 this many times (1 finds the ~60-px faces of 128-px frames)
+    teeth_gate: float = 0.0  # warp mode: EditOptions.teeth_gate (fraction of the mouth width); other modes ignore it
 
     def __post_init__(self) -> None:
         bad = [e for e in (*self.emotions, self.intensity_emotion) if e not in EMOTIONS]
         if bad:
             raise ValueError(f"EditPlan: unknown emotions {bad}; choose from {EMOTIONS}")
-        if self.texture_mode not in ("replace", "residual"):
-            raise ValueError(f"EditPlan: texture_mode must be 'replace' or 'residual', got {self.texture_mode!r}")
+        from emoedit.pipeline.editor import TEXTURE_MODES
+
+        if self.texture_mode not in TEXTURE_MODES:
+            raise ValueError(f"EditPlan: texture_mode must be one of {TEXTURE_MODES}, got {self.texture_mode!r}")
+        if not self.teeth_gate >= 0:
+            raise ValueError(f"EditPlan: teeth_gate must be >= 0, got {self.teeth_gate}")
         if self.detector not in ("dlib", "truth"):
             raise ValueError(f"EditPlan: detector must be 'dlib' or 'truth', got {self.detector!r}")
         unknown = [a for a in self.ablations if a not in ABLATIONS]
@@ -178,6 +192,88 @@ class EvaluationSettings:
     fit_render_size: int  # render side of the re-reconstruction's photometric loss, pixels
 
 
+#: The evaluation lane's training jobs (``emoedit demo --evaluate``): job name → train.py part.
+#: The two judges are the same part with another ``model.kind`` (run folders ``runs/<job>``).
+EVALUATION_JOB_PARTS: dict[str, str] = {
+    "judge_emotion": "judge",
+    "judge_identity": "judge",
+    "stargan": "stargan",
+    "exprgan": "exprgan",
+    "psp_tgan": "psp_tgan",
+    "psp_encoder": "psp_encoder",
+}
+#: Which evaluation jobs each job needs (the pSp encoder is trained against psp_tgan's generator).
+EVALUATION_JOB_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "judge_emotion": (),
+    "judge_identity": (),
+    "stargan": (),
+    "exprgan": (),
+    "psp_tgan": (),
+    "psp_encoder": ("psp_tgan",),
+}
+EVALUATION_JOBS: tuple[str, ...] = tuple(EVALUATION_JOB_PARTS)
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """``emoedit demo --evaluate`` (``make evaluate``): the judges and baselines, then the harness.
+
+    Budgets are per job (fields named after :data:`EVALUATION_JOBS`); the judges and
+    baselines train on the demo's frames cache (face crops) in ``lanes`` of worker
+    processes, as the method's parts do. The harness (:func:`emoedit.evaluation.harness.run_evaluation`)
+    then scores at most ``*_items`` items per evaluation set, on the first ``max_frames``
+    frames of each clip, every ``frame_stride``-th.
+    """
+
+    judge_emotion: PartBudget  # train.py judge model.kind=emotion → runs/judge_emotion
+    judge_identity: PartBudget  # train.py judge model.kind=identity → runs/judge_identity
+    stargan: PartBudget  # train.py stargan → runs/stargan
+    exprgan: PartBudget  # train.py exprgan → runs/exprgan
+    psp_tgan: PartBudget  # train.py psp_tgan (StyleGAN2 on the crops) → runs/psp_tgan
+    psp_encoder: PartBudget  # train.py psp_encoder (against psp_tgan) → runs/psp_encoder
+    lanes: tuple[tuple[str, ...], ...]  # worker processes run at once, each training its jobs in this order
+    seen_items: int  # harness items of the "seen" set (Table 1)
+    unseen_subject_items: int  # items of "unseen_subjects"
+    unseen_view_items: int  # items of "unseen_views" (a world without side views has none: the set is dropped)
+    max_frames: int | None  # cut every clip to its first N frames (None: all; >= 3)
+    frame_stride: int  # score every n-th frame of the (cut) clip
+    monotonicity_items: int  # items of the intensity sweep (0: no sweep)
+    budget_seconds: int  # wall time the lane is sized for (training + directions + harness), reported
+
+    def __post_init__(self) -> None:
+        listed = [job for lane in self.lanes for job in lane]
+        if sorted(listed) != sorted(EVALUATION_JOBS):
+            raise ValueError(f"EvaluationPlan.lanes must list every job once: {EVALUATION_JOBS}, got {self.lanes}")
+        for lane in self.lanes:
+            for position, job in enumerate(lane):
+                for needed in EVALUATION_JOB_DEPENDENCIES[job]:
+                    if needed not in lane[:position]:
+                        raise ValueError(f"EvaluationPlan.lanes: {job!r} needs {needed!r} earlier in its own lane")
+        problems = [name for name in ("seen_items", "unseen_subject_items", "unseen_view_items")
+                    if getattr(self, name) < 1]
+        if problems:
+            raise ValueError(f"EvaluationPlan: {', '.join(problems)} must be >= 1")
+        if self.max_frames is not None and self.max_frames < 3:
+            raise ValueError(f"EvaluationPlan: max_frames must be >= 3 or None, got {self.max_frames}")
+        if self.frame_stride < 1 or self.monotonicity_items < 0 or self.budget_seconds < 1:
+            raise ValueError("EvaluationPlan: frame_stride and budget_seconds must be >= 1, monotonicity_items >= 0")
+
+    def budget(self, job: str) -> PartBudget:
+        """The budget of ``job`` (one of :data:`EVALUATION_JOBS`)."""
+        if job not in EVALUATION_JOBS:
+            raise KeyError(f"unknown evaluation job {job!r}; jobs: {EVALUATION_JOBS}")
+        return getattr(self, job)
+
+    def max_items(self) -> dict[str, int]:
+        """Evaluation set → the number of items scored (the harness's set names)."""
+        return {"seen": self.seen_items, "unseen_subjects": self.unseen_subject_items,
+                "unseen_views": self.unseen_view_items}
+
+    def training_seconds(self) -> dict[str, int]:
+        """Lane index → the sum of its jobs' time caps, seconds (the lanes run at once)."""
+        return {str(i): sum(self.budget(job).max_seconds for job in lane) for i, lane in enumerate(self.lanes)}
+
+
 @dataclass(frozen=True)
 class DemoPreset:
     """Everything one ``emoedit demo`` run does (see the module docstring)."""
@@ -193,6 +289,7 @@ class DemoPreset:
     evaluation: EvaluationSettings
     device: str  # "cpu" or "cuda" (training accelerator, editing device)
     budget_seconds: int  # the wall time the preset is sized for (reported against the measured total)
+    evaluate: EvaluationPlan | None = None  # ``--evaluate``: judges, baselines and the harness (None: not offered)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (tuples become lists)."""
@@ -214,6 +311,11 @@ def json_ready(value: Any) -> Any:
 TWO_LANES: tuple[tuple[str, ...], ...] = (
     ("tgan", "texture_encoder"),
     ("recon", "teeth_tgan", "teeth_encoder", "geometry", "classifier"),
+)
+#: The evaluation lane's two worker processes: the judges and StarGAN next to the pSp chain and ExprGAN.
+EVALUATION_LANES: tuple[tuple[str, ...], ...] = (
+    ("judge_emotion", "judge_identity", "stargan"),
+    ("psp_tgan", "psp_encoder", "exprgan"),
 )
 
 def _world(base: str, **changes: Any) -> WorldPreset:
@@ -244,16 +346,29 @@ QUICK = DemoPreset(
     ),
     edit=EditPlan(emotions=("happy", "angry", "surprised"), intensity_emotion="happy",
                   intensities=(1 / 3, 2 / 3, 1.0), sheet_frames=4, recon_refine=False, fitter_steps=(0, 0, 0),
-                  teeth=True, texture_mode="residual", ablations=("no_texture", "no_edit"),
+                  teeth=True, texture_mode="warp", teeth_gate=0.1, ablations=("no_texture", "no_edit"),
                   ablation_emotions=("happy",), detector="truth"),
     evaluation=EvaluationSettings(frame_stride=2, fit_photo_steps=20, fit_render_size=48),
     device="cpu",
     budget_seconds=300,
+    evaluate=EvaluationPlan(
+        # about 1 minute of training wall time: two lanes of ~50 s of caps each
+        judge_emotion=PartBudget("demo_quick", max_steps=300, max_seconds=15, checkpoint_every=50),
+        judge_identity=PartBudget("demo_quick", max_steps=300, max_seconds=10, checkpoint_every=50),
+        stargan=PartBudget("demo_quick", max_steps=400, max_seconds=25, checkpoint_every=50),
+        exprgan=PartBudget("demo_quick", max_steps=400, max_seconds=20, checkpoint_every=50),
+        psp_tgan=PartBudget("demo_quick", max_steps=400, max_seconds=20, checkpoint_every=25),
+        psp_encoder=PartBudget("demo_quick", max_steps=400, max_seconds=10, checkpoint_every=50),
+        lanes=EVALUATION_LANES,
+        seen_items=2, unseen_subject_items=2, unseen_view_items=2, max_frames=8, frame_stride=2,
+        monotonicity_items=1, budget_seconds=300,
+    ),
 )
 
 DEMO = DemoPreset(
     name="demo",
-    world=_world("demo", name="demo_cpu", side_views=(), num_ffhq=0, num_ffhq_bad_each=0, lighting="per_subject"),
+    world=_world("demo", name="demo_cpu", side_views=("left_30",), num_ffhq=0, num_ffhq_bad_each=0,
+                 lighting="per_subject"),
     world_seed=0,
     train_seed=0,
     world_workers=2,
@@ -270,12 +385,25 @@ DEMO = DemoPreset(
     ),
     edit=EditPlan(emotions=EMOTIONS, intensity_emotion="happy",
                   intensities=(1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0), sheet_frames=6, recon_refine=False,
-                  fitter_steps=(0, 0, 0), teeth=True, texture_mode="residual",
-                  ablations=("no_classifier", "no_shape", "no_texture", "no_teeth", "replace_texture", "no_edit"),
+                  fitter_steps=(0, 0, 0), teeth=True, texture_mode="warp", teeth_gate=0.1,
+                  ablations=("no_classifier", "no_shape", "no_texture", "no_teeth", "replace_texture",
+                             "residual_texture", "no_edit"),
                   ablation_emotions=("happy", "angry", "surprised")),
     evaluation=EvaluationSettings(frame_stride=3, fit_photo_steps=40, fit_render_size=64),
     device="cpu",
     budget_seconds=1200,
+    evaluate=EvaluationPlan(
+        # about 12 minutes of training wall time: two lanes of ~11 min of caps each (+ start-up)
+        judge_emotion=PartBudget("demo", max_steps=3000, max_seconds=150, checkpoint_every=200),
+        judge_identity=PartBudget("demo", max_steps=3000, max_seconds=120, checkpoint_every=200),
+        stargan=PartBudget("demo", max_steps=20000, max_seconds=390, checkpoint_every=250),
+        exprgan=PartBudget("demo", max_steps=20000, max_seconds=270, checkpoint_every=250),
+        psp_tgan=PartBudget("demo", max_steps=4000, max_seconds=270, checkpoint_every=250),
+        psp_encoder=PartBudget("demo", max_steps=4000, max_seconds=120, checkpoint_every=250),
+        lanes=EVALUATION_LANES,
+        seen_items=14, unseen_subject_items=7, unseen_view_items=7, max_frames=12, frame_stride=2,
+        monotonicity_items=3, budget_seconds=1800,
+    ),
 )
 
 GPU = DemoPreset(
@@ -330,6 +458,11 @@ __all__ = [
     "Ablation",
     "DemoPreset",
     "EditPlan",
+    "EVALUATION_JOBS",
+    "EVALUATION_JOB_DEPENDENCIES",
+    "EVALUATION_JOB_PARTS",
+    "EVALUATION_LANES",
+    "EvaluationPlan",
     "EvaluationSettings",
     "PartBudget",
     "PreprocessSettings",

@@ -34,6 +34,12 @@ is stamped in ``<out>/.stages`` when done, so re-running continues instead of st
 
 ``summary.json`` records the preset, the machine, the load average, every stage's time
 and the total; the end of the run prints the stage times and the evaluation table.
+
+With ``evaluate=True`` (``emoedit demo --evaluate``, ``make evaluate``) the run then continues
+with the evaluation lane (:mod:`emoedit.demo.evaluation_lane`): the judges and the StarGAN,
+ExprGAN and pSp baselines trained on the frames cache, the pSp directions, and the
+evaluation harness over the world's evaluation sets → ``evaluate/results.json`` and
+``evaluate/tables.md`` (printed at the end; ``summary.json`` gets an ``evaluate`` section).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from emoedit.atomic_io import atomic_write_bytes, atomic_write_text
 from emoedit.demo.presets import ABLATIONS, DemoPreset, get_preset
@@ -55,10 +61,13 @@ from emoedit.demo.stages import StageResult, StageRunner, format_seconds
 from emoedit.demo.training import TrainJob, train_lanes
 from emoedit.machine import machine_info
 
+if TYPE_CHECKING:
+    from emoedit.demo.evaluation_lane import EvaluationLaneSummary
+
 #: Sub-folders and files a demo run writes (``restart`` removes exactly these).
 OWNED = ("world", ".world-preset.json", ".world-helper.log", ".world-helper.count", "cache", "runs", "directions.pt",
          "bundle", "edits", "contact_sheet.png", "contact_sheet_truth.png", "evaluation.json", "evaluation.md",
-         "summary.json", ".stages")
+         "psp_directions.pt", "evaluate", "summary.json", ".stages")
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class DemoSummary:
     evaluation: Path  # evaluation.json
     summary_file: Path  # summary.json
     table: str  # the evaluation table (markdown)
+    evaluate: EvaluationLaneSummary | None = None  # what --evaluate produced (emoedit.demo.evaluation_lane); None without it
 
 
 def edit_specs(preset: DemoPreset) -> list[EditSpec]:
@@ -337,7 +347,8 @@ class _Demo:
 
         plan = self.preset.edit
         return {"source": _clip_id(self.source_clip().key), "edits": [s.__dict__ for s in edit_specs(self.preset)],
-                "texture_mode": plan.texture_mode, "teeth": plan.teeth, "device": self.preset.device,
+                "texture_mode": plan.texture_mode, "teeth_gate": plan.teeth_gate, "teeth": plan.teeth,
+                "device": self.preset.device,
                 "bundle": json_ready(self.bundle_settings()),
                 "ablations": [json_ready(ABLATIONS[a].__dict__) for a in plan.ablations],
                 "ablation_emotions": list(plan.ablation_emotions)}
@@ -365,7 +376,8 @@ class _Demo:
         device = "cuda" if self.preset.device == "cuda" and torch.cuda.is_available() else "cpu"
         parts = load_bundle(self.bundle_dir, device=device)
         options = EditOptions(teeth=plan.teeth, texture_mode=plan.texture_mode, progress=False,
-                              batch_size=32, preset="veryfast")
+                              batch_size=32, preset="veryfast",
+                              teeth_gate=plan.teeth_gate if plan.texture_mode == "warp" else 0.0)
         if plan.detector == "truth":
             detector = GivenLandmarksDetector(truth.landmarks)
         else:
@@ -400,7 +412,8 @@ class _Demo:
                 variant_options = dataclasses.replace(
                     options, use_classifier=variant.use_classifier, edit_shape=variant.edit_shape,
                     edit_texture=variant.edit_texture, teeth=variant.teeth and plan.teeth,
-                    texture_mode=variant.texture_mode or plan.texture_mode)
+                    texture_mode=variant.texture_mode or plan.texture_mode,
+                    teeth_gate=plan.teeth_gate if (variant.texture_mode or plan.texture_mode) == "warp" else 0.0)
                 schedule = EmotionSchedule.constant(emotion_code_from_alpha(video.emotion, video.alpha))
                 VideoEditor(parts=parts, options=variant_options, detector=detector).edit(
                     source.video_path, schedule, video.path)
@@ -526,6 +539,7 @@ def run_demo(
     *,
     restart: bool = False,  # first remove everything an earlier run wrote into out_dir
     progress: bool = True,  # progress bars and stage lines
+    evaluate: bool = False,  # then the evaluation lane: judges, baselines, harness (emoedit.demo.evaluation_lane)
 ) -> DemoSummary:
     """Run the demo (see the module docstring); returns where everything is and how long it took.
 
@@ -534,6 +548,9 @@ def run_demo(
     otherwise (re-running resumes from the failed stage).
     """
     preset = get_preset(preset)
+    if evaluate and preset.evaluate is None:
+        raise ValueError(f"preset {preset.name!r} has no evaluation plan (DemoPreset.evaluate); "
+                         "--evaluate runs with the presets that have one (quick, demo)")
     if preset.device == "cuda":
         import torch
 
@@ -554,7 +571,7 @@ def run_demo(
         # operations of the edit and the evaluation down several-fold (measured: 10x).
         torch.set_num_threads(1)
     try:
-        return _run(preset, out, progress=progress)
+        return _run(preset, out, progress=progress, evaluate=evaluate)
     finally:
         torch.set_num_threads(threads)
         if previous_sigterm is not None:
@@ -575,7 +592,7 @@ def _sigterm_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, interrupt)
 
 
-def _run(preset: DemoPreset, out: Path, *, progress: bool) -> DemoSummary:
+def _run(preset: DemoPreset, out: Path, *, progress: bool, evaluate: bool = False) -> DemoSummary:
     started = time.perf_counter()
     machine_start = machine_info()
     runner = StageRunner(out)
@@ -597,6 +614,12 @@ def _run(preset: DemoPreset, out: Path, *, progress: bool) -> DemoSummary:
     record = runner.run("evaluation", demo.evaluation_settings(), demo.evaluation,
                         title="evaluation against the ground-truth edits")
     table = (out / "evaluation.md").read_text(encoding="utf-8").strip()
+    lane = None
+    if evaluate:
+        from emoedit.demo.evaluation_lane import EvaluationLane
+
+        assert preset.evaluate is not None  # checked by run_demo
+        lane = EvaluationLane(demo, preset.evaluate).run(runner)
     run_seconds = time.perf_counter() - started
     stage_seconds = {r.name: round(r.seconds, 1) for r in runner.records}
     reused = tuple(r.name for r in runner.records if r.reused)
@@ -612,6 +635,8 @@ def _run(preset: DemoPreset, out: Path, *, progress: bool) -> DemoSummary:
                                 "finished": r.finished, "reused": r.reused}
                        for r in runner.records},
             "evaluation_summary": record.outputs.get("summary")}
+    if lane is not None:
+        body["evaluate"] = lane.to_json(out)
     atomic_write_text(summary_file, json.dumps(body, indent=2) + "\n")
     specs = edit_specs(preset)
     print("\n" + runner.report())
@@ -621,17 +646,24 @@ def _run(preset: DemoPreset, out: Path, *, progress: bool) -> DemoSummary:
               f"on {os.cpu_count()} cores")
     print(f"\nEvaluation against the synthetic truth ({demo.source_clip().key.subject}, unseen; "
           f"out = the edit, in = the unedited input, floor = the measurement on the true video):\n\n{table}\n")
-    print(f"outputs in {out}: edits/*.mp4, contact_sheet.png, contact_sheet_truth.png, evaluation.json, summary.json")
+    if lane is not None:
+        dropped = f"; dropped (no items): {', '.join(lane.dropped_sets)}" if lane.dropped_sets else ""
+        print(f"Evaluation harness (judges and baselines trained here; sets {lane.sets}{dropped}; "
+              f"{lane.results.relative_to(out)}):\n\n{lane.table_text.strip()}\n")
+        print(f"evaluation lane: {format_seconds(lane.wall_seconds)} (training {format_seconds(lane.training_wall_seconds)}"
+              f"; sized for {format_seconds(lane.budget_seconds)})")
+    print(f"outputs in {out}: edits/*.mp4, contact_sheet.png, contact_sheet_truth.png, evaluation.json, "
+          + ("evaluate/tables.md, " if lane is not None else "") + "summary.json")
     return DemoSummary(
         preset=preset.name, out_dir=out, stage_seconds=stage_seconds, reused_stages=reused, total_seconds=total, cpu_seconds=cpu_total,
         run_seconds=run_seconds, videos=tuple(out / "edits" / f"{s.name}.mp4" for s in specs),
         contact_sheet=out / "contact_sheet.png", truth_contact_sheet=out / "contact_sheet_truth.png",
-        evaluation=out / "evaluation.json", summary_file=summary_file, table=table,
+        evaluation=out / "evaluation.json", summary_file=summary_file, table=table, evaluate=lane,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emoedit.demo.run [--preset quick|demo|gpu] [--out DIR] [--restart]``."""
+    """``python -m emoedit.demo.run [--preset quick|demo|gpu] [--out DIR] [--restart] [--evaluate]``."""
     import argparse
 
     from emoedit.demo.presets import PRESETS
@@ -642,9 +674,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/demo", help="output folder (re-running continues)")
     parser.add_argument("--restart", action="store_true", help="remove an earlier run's files in --out first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="then train the judges and baselines and run the evaluation harness (make evaluate)")
     args = parser.parse_args(argv)
+    if args.evaluate and PRESETS[args.preset].evaluate is None:
+        parser.error(f"preset {args.preset!r} has no evaluation plan; --evaluate runs with "
+                     f"{', '.join(sorted(n for n, p in PRESETS.items() if p.evaluate is not None))}")
     try:
-        run_demo(args.preset, args.out, restart=args.restart, progress=not args.no_progress)
+        run_demo(args.preset, args.out, restart=args.restart, progress=not args.no_progress, evaluate=args.evaluate)
     except StageError as err:
         print(f"emoedit demo: error: {err}", file=sys.stderr)
         return 2

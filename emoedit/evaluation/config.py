@@ -17,6 +17,13 @@ and the tables say so (FID without ``fid_weights``; LPIPS without ``lpips_backbo
 ArcSim falls back to the identity judge's embedding without ``arcface_weights``, and the
 table says that too). A method whose checkpoint is not configured is skipped and
 reported as skipped, never faked.
+
+The expression / vertex / lip-opening / landmark-jitter columns re-reconstruct every video:
+``rereconstruct: regressor`` runs the bundle's (or ``recon_checkpoint``'s) reconstructor on
+aligned crops; ``rereconstruct: fitter`` re-fits the world's face model to the whole frames
+(``refit_steps`` photometric steps at ``refit_render_size`` px, from the input's true
+coefficients with its identity and albedo fixed; :mod:`emoedit.metrics.refit`) and needs
+no regressor. The choice is part of the resume fingerprint and is named in the tables.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 from emoedit.config import ConfigError
 from emoedit.evaluation.splits import EVALUATION_SETS
 
+#: Values of ``rereconstruct`` (how the geometry columns re-reconstruct a video).
+RERECONSTRUCT_MODES: tuple[str, ...] = ("regressor", "fitter")
 #: Every method the registry knows, in table order (``emoedit.evaluation.methods``).
 ALL_METHODS: tuple[str, ...] = (
     "ours", "w/o classifier", "w/o shape", "w/o texture", "w/o smoothing", "w/o teeth", "StarGAN", "pSp", "ExprGAN",
@@ -57,7 +66,8 @@ class BaselineFiles:
 
 @dataclass
 class EditSettings:
-    texture_mode: str = "replace"  # ours: "replace" (render G(x), the paper) or "residual"
+    texture_mode: str = "replace"  # ours: "replace" (render G(x), the paper), "residual" or "warp" (EditOptions)
+    teeth_gate: float = 0.0  # ours, warp mode: EditOptions.teeth_gate (fraction of the mouth width; 0: always)
     smoothing_half_window: Optional[int] = None  # ours: l of the Hann window; None: the bundle's
     batch_size: int = 16  # frames per network call (ours and the baselines)
     crf: float = 18.0  # x264 quality of every output video (0 lossless .. 51)
@@ -103,6 +113,9 @@ class EvaluateConfig:
     max_frames: Optional[int] = None  # frames per clip (inputs are cut to their first N frames); None: all
     frame_stride: int = 1  # score every n-th frame of the (cut) clip
     crop_size: Optional[int] = None  # aligned crop side for the judges / FED; None: the emotion judge's input size (else 112)
+    rereconstruct: str = "regressor"  # geometry columns' re-reconstruction: "regressor" (bundle's, aligned crops) or "fitter" (photometric re-fit of whole frames)
+    refit_steps: int = 40  # rereconstruct=fitter: photometric fitter iterations per video
+    refit_render_size: int = 64  # rereconstruct=fitter: side of the photometric render, pixels (clamped to the frame side)
     device: str = "cpu"  # cpu, cuda, cuda:1, ...
     seed: int = 0  # torch seed (noise-free parts: no effect on the numbers)
     strict: bool = False  # true: a configured file that is missing is an error (default: the method is skipped, reported)
@@ -199,10 +212,20 @@ def check_config(cfg: EvaluateConfig) -> EvaluateConfig:
         problems.append(f"max_frames must be >= 3 (jitter needs 3 frames), got {cfg.max_frames}")
     if cfg.frame_stride < 1:
         problems.append(f"frame_stride must be >= 1, got {cfg.frame_stride}")
+    if cfg.rereconstruct not in RERECONSTRUCT_MODES:
+        problems.append(f"rereconstruct must be one of {list(RERECONSTRUCT_MODES)}, got {cfg.rereconstruct!r}")
+    if cfg.refit_steps < 1:
+        problems.append(f"refit_steps must be >= 1, got {cfg.refit_steps}")
+    if cfg.refit_render_size < 8:
+        problems.append(f"refit_render_size must be >= 8 pixels, got {cfg.refit_render_size}")
     if cfg.lpips_net not in ("alex", "vgg"):
         problems.append(f"lpips_net must be alex or vgg, got {cfg.lpips_net!r}")
-    if cfg.edit.texture_mode not in ("replace", "residual"):
-        problems.append(f"edit.texture_mode must be replace or residual, got {cfg.edit.texture_mode!r}")
+    from emoedit.pipeline.editor import TEXTURE_MODES
+
+    if cfg.edit.texture_mode not in TEXTURE_MODES:
+        problems.append(f"edit.texture_mode must be one of {list(TEXTURE_MODES)}, got {cfg.edit.texture_mode!r}")
+    if not cfg.edit.teeth_gate >= 0 or (cfg.edit.teeth_gate > 0 and cfg.edit.texture_mode != "warp"):
+        problems.append(f"edit.teeth_gate must be >= 0 and is for texture_mode warp only, got {cfg.edit.teeth_gate}")
     if cfg.edit.batch_size < 1:
         problems.append(f"edit.batch_size must be >= 1, got {cfg.edit.batch_size}")
     mono = cfg.monotonicity
@@ -263,6 +286,7 @@ def load_evaluate_config(
 
 __all__ = [
     "ALL_METHODS",
+    "RERECONSTRUCT_MODES",
     "BaselineFiles",
     "EditSettings",
     "EvaluateConfig",

@@ -15,6 +15,8 @@ item's shared data (:class:`~emoedit.evaluation.scoring.ItemReference`) is compu
    Fréchet distances (FID, FED) of the pooled output features against the pooled
    ground-truth features of the same items → ``results.json`` and ``tables.md``
    (:mod:`.tables`), optionally a W&B table (``evaluate/...`` keys, offline by default).
+   ``results.json``'s ``rereconstruction`` (and the tables' footnote) says how the geometry
+   columns were measured (``rereconstruct``: the bundle's regressor or the photometric re-fit).
 
 The intensity sweep (``monotonicity``) edits a few items at every α with ours (and a
 baseline that accepts continuous codes) into ``<out>/videos/<method>/monotonicity/`` and
@@ -73,8 +75,11 @@ RESULTS_VERSION = 1
 #: Config keys whose change makes existing rows stale.
 SCORING_KEYS: tuple[str, ...] = (
     "world", "bundle", "recon_checkpoint", "judges", "baselines", "fid_weights", "arcface_weights", "lpips_backbone",
-    "lpips_net", "max_frames", "frame_stride", "crop_size", "edit",
+    "lpips_net", "max_frames", "frame_stride", "crop_size", "edit", "rereconstruct", "refit_steps",
+    "refit_render_size",
 )
+#: State of a run from before a key existed: the value it had then (an old state resumes when these still hold).
+STATE_KEY_DEFAULTS: dict[str, Any] = {"rereconstruct": "regressor", "refit_steps": None, "refit_render_size": None}
 
 
 # ---------------------------------------------------------------------------------- rows
@@ -201,7 +206,7 @@ def build_scorer(
 
     notes: list[str] = []
     device = torch.device(cfg.device)
-    emotion = identity = arcface = fid = lpips = reconstructor = None
+    emotion = identity = arcface = fid = lpips = reconstructor = refitter = None
     path = _optional(cfg.judges.emotion, "judges.emotion", cfg, notes,
                      "no emotion judge: emotion accuracy, target confidence, FED and the intensity sweep are omitted")
     if path:
@@ -228,7 +233,9 @@ def build_scorer(
         from emoedit.losses.perceptual import LPIPSLoss
 
         lpips = LPIPSLoss.from_files(net=cfg.lpips_net, backbone_path=path)
-    if parts is not None:
+    if cfg.rereconstruct == "fitter":  # the world's model and camera on whole frames: no regressor needed
+        refitter = _build_refitter(cfg, world, device)
+    elif parts is not None:
         reconstructor = parts.reconstructor
     elif cfg.recon_checkpoint is not None and _optional(cfg.recon_checkpoint, "recon_checkpoint", cfg, notes,
                                                         "no reconstructor: geometry metrics omitted"):
@@ -242,7 +249,20 @@ def build_scorer(
                              identity.input_size if identity is not None else 112)
     return Scorer(face_model=world.face_model(), camera=world.camera, crop_size=crop, emotion_judge=emotion,
                   identity_judge=identity, arcface=arcface, fid_network=fid, lpips=lpips,
-                  reconstructor=reconstructor, device=device, notes=notes)
+                  reconstructor=reconstructor, refitter=refitter, device=device, notes=notes)
+
+
+def _build_refitter(cfg: EvaluateConfig, world: Any, device: torch.device) -> Any:
+    """The photometric re-reconstruction of ``rereconstruct: fitter`` (the world's model on ``device``)."""
+    import copy
+
+    from emoedit.metrics.refit import ReReconstructor
+
+    model = world.face_model()
+    if model.mean_shape.device != device:  # a copy: the world's cached model stays where the methods expect it
+        model = copy.deepcopy(model).to(device)
+    return ReReconstructor(face_model=model, camera=world.camera, photo_steps=cfg.refit_steps,
+                           render_size=cfg.refit_render_size)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -261,6 +281,8 @@ def _file_fingerprints(cfg: EvaluateConfig) -> dict[str, str | None]:
 def _state(cfg: EvaluateConfig) -> dict[str, Any]:
     plain = cfg.to_json()
     state = {k: plain[k] for k in SCORING_KEYS}
+    if cfg.rereconstruct != "fitter":  # the re-fit's settings change nothing then
+        state["refit_steps"] = state["refit_render_size"] = None
     state["world"] = str(Path(cfg.world).resolve())
     state["files"] = _file_fingerprints(cfg)
     return state
@@ -283,7 +305,7 @@ def _check_state(out: Path, cfg: EvaluateConfig) -> None:
             if key == "baselines":
                 before, now = old.get(key, {}), state[key]
                 differences += [f"baselines.{k}" for k, v in now.items() if before.get(k) not in (None, v)]
-            elif old.get(key) != state[key]:
+            elif old.get(key, STATE_KEY_DEFAULTS.get(key)) != state[key]:
                 differences.append(key)
         differences += [f"the contents of {k}" for k, v in state["files"].items() if old_files.get(k) not in (None, v)]
         if differences:
@@ -620,6 +642,7 @@ def run_evaluation(
         "failures": failures,
         "notes": notes,
         "arcsim_source": scorer.arcsim_source,
+        "rereconstruction": scorer.rereconstruction,  # how the geometry columns were measured (None: they weren't)
         "sets": {s: _summarise_set(s, items, names, rows, out) for s, items in sets.items()},
         "monotonicity": monotonicity,
     }

@@ -373,7 +373,8 @@ def build_methods(
                 registry.skipped.append(SkippedMethod(name, "the bundle has no teeth parts: ours already runs "
                                                             "without teeth completion"))
                 continue
-            options = EditOptions(texture_mode=cfg.edit.texture_mode, batch_size=cfg.edit.batch_size,
+            options = EditOptions(texture_mode=cfg.edit.texture_mode, teeth_gate=cfg.edit.teeth_gate,
+                                  batch_size=cfg.edit.batch_size,
                                   smoothing_half_window=cfg.edit.smoothing_half_window, progress=False,
                                   crf=cfg.edit.crf, preset=cfg.edit.preset, **ABLATION_OPTIONS[name])
             registry.methods.append(EditorMethod(name=name, parts=parts, options=options))

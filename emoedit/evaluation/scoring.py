@@ -24,11 +24,20 @@ Where each metric looks (:data:`METRICS` lists names, directions and groups):
 - **full frames**: CPBD (no resampling, which would change sharpness); ArcSim with ArcFace
   weights (aligned to ArcFace's template from the input's landmarks, as
   :class:`~emoedit.metrics.identity.ArcSim` does);
-- **re-reconstruction** (expression / vertex / lip-opening error, landmark jitter): the
-  reconstructor of the bundle (or ``recon_checkpoint``) run on aligned crops of the output
-  (the input's transform at the reconstructor's crop size; the input's landmarks mapped into
-  the crop are passed along — a regressor ignores them, a fitter would be pulled toward the
-  input). Expression error = mean |exp − exp_true| against the ground-truth video's **true**
+- **re-reconstruction** (expression / vertex / lip-opening error, landmark jitter), one of
+  (``rereconstruct`` in the config; :attr:`Scorer.rereconstruction` says which ran):
+
+  - ``"regressor"``: the reconstructor of the bundle (or ``recon_checkpoint``) run on aligned
+    crops of the video (the input's transform at the reconstructor's crop size; the input's
+    landmarks mapped into the crop are passed along — a regressor ignores them);
+  - ``"fitter"``: a photometric re-fit of the face model to the **whole frames** with the
+    world's camera (:class:`~emoedit.metrics.refit.ReReconstructor`), every video of an item
+    (input, truth, each output) started from the **input's** true coefficients with the
+    input's true identity and albedo fixed — the same prior for every method. No regressor
+    is needed; unlike a regressor trained on the world's crops, it measures expression
+    from the pixels, so the ``ground truth`` row falls below the ``input`` row.
+
+  Expression error = mean |exp − exp_true| against the ground-truth video's **true**
   coefficients; vertex error = mean distance (mm) of the pose-free shapes (id + exp);
   lip-opening error = mean |opening(output) − opening(input)| of the outer and inner lip
   pairs of the pose-free 3D shapes (mm), both measured by the same re-reconstruction, so
@@ -98,7 +107,7 @@ SCORE_BATCH = 32
 class Reconstruction:
     """A video's re-reconstruction on the scored frames."""
 
-    coeffs: Tensor  # (N, L) float coefficients (reconstructor's crop camera)
+    coeffs: Tensor  # (N, L) float coefficients (pose for the reconstructor's crop camera, or the world's for the fitter)
     lip_openings: Tensor  # (N, 2) float outer / inner lip openings of the pose-free shape, model units
     landmarks: Tensor  # (N, 68, 2) float projected landmarks, frame pixels
 
@@ -115,6 +124,7 @@ class ItemReference:
     truth_frames: Tensor  # (N, 3, H, W) float [0, 1]
     landmarks: Tensor  # (N, 68, 2) float the input's true landmarks, pixels
     truth_coeffs: Tensor  # (N, L) float the ground-truth edit's true coefficients
+    input_coeffs: Tensor  # (N, L) float the input's true coefficients (the start of every photometric re-fit)
     mask: Tensor  # (N, 1, H, W) bool face region (input ∪ truth mesh)
     box: tuple[slice, slice]  # rows, columns of the face region's bounding box (+ the SSIM half window)
     crop_transform: CropTransform  # (N,) frame → judge crop (the input's alignment)
@@ -122,7 +132,7 @@ class ItemReference:
     truth_crops: Tensor  # (N, 3, S, S) float [0, 1]
     input_embedding: Tensor | None  # (N, D) identity-judge unit embeddings of the input crops
     truth_flicker: float | None  # order-2 face-region jitter of the truth (None: < 3 frames)
-    recon_transform: CropTransform | None  # (N,) frame → reconstructor crop
+    recon_transform: CropTransform | None  # (N,) frame → reconstructor crop (regressor re-reconstruction only)
     input_fit: Reconstruction | None  # re-reconstruction of the input
     truth_fit: Reconstruction | None  # re-reconstruction of the ground-truth video
     real_features: dict[str, Tensor] = field(default_factory=dict)  # "fid"/"fed": (N, D) features of the truth crops
@@ -172,7 +182,8 @@ class Scorer:
         arcface: nn.Module | None = None,  # ArcSim with real recognition weights; None: the identity judge's
         fid_network: nn.Module | None = None,  # FIDInceptionV3 with its weights; None: no FID
         lpips: nn.Module | None = None,  # LPIPSLoss from files; None: no LPIPS
-        reconstructor: Any = None,  # Reconstructor of the world's face model; None: no geometry metrics
+        reconstructor: Any = None,  # Reconstructor of the world's face model (crops); used when refitter is None
+        refitter: Any = None,  # ReReconstructor (photometric re-fit of whole frames); None: the reconstructor's
         device: str | torch.device = "cpu",  # where the networks run
         notes: list[str] | None = None,  # what was omitted or substituted, for the tables
     ) -> None:
@@ -191,7 +202,8 @@ class Scorer:
         self.lpips = None if lpips is None else lpips.to(self.device).eval()
         self.notes = list(notes or [])
         self.reconstructor = None
-        if reconstructor is not None:
+        self.refitter = refitter
+        if reconstructor is not None and refitter is None:
             layout = getattr(reconstructor.face_model, "layout", None)
             same = (layout == face_model.layout
                     and reconstructor.face_model.num_vertices == face_model.num_vertices)
@@ -202,6 +214,24 @@ class Scorer:
                                   "errors and landmark jitter are omitted")
         self.arcsim_source = ("ArcFace" if self.arcface is not None
                               else "identity judge" if self.identity_judge is not None else None)
+
+    @property
+    def geometry(self) -> bool:
+        """Whether the re-reconstruction metrics (expression / vertex / lip errors, landmark jitter) run."""
+        return self.refitter is not None or self.reconstructor is not None
+
+    @property
+    def rereconstruction(self) -> dict[str, Any] | None:
+        """How the geometry columns re-reconstruct a video (for results.json and the tables); None: they don't."""
+        if self.refitter is not None:
+            return {"mode": "fitter", "steps": self.refitter.photo_steps, "render_size": self.refitter.render_size,
+                    "description": self.refitter.describe()}
+        if self.reconstructor is not None:
+            crop = getattr(self.reconstructor, "crop_size", None)
+            return {"mode": "regressor", "reconstructor": type(self.reconstructor).__name__, "crop_size": crop,
+                    "description": f"the reconstructor ({type(self.reconstructor).__name__}: the bundle's or "
+                                   f"recon_checkpoint's) on aligned crops (the input's alignment, {crop} px)"}
+        return None
 
     # ------------------------------------------------------------------ pieces
     def _face_masks(self, coeffs: Tensor, size: int) -> Tensor:
@@ -242,23 +272,50 @@ class Scorer:
                 out["fed"] = _batched(lambda x: self.fed_network(x.to(self.device)).float().cpu(), crops)
         return out
 
-    def _fit(self, frames: Tensor, transform: CropTransform, landmarks: Tensor) -> Reconstruction:
+    def _lip_openings(self, coeffs: Tensor) -> Tensor:
+        """``(N, 2)`` float lip openings of the pose-free shapes of ``coeffs``, model units (CPU)."""
         from emoedit.metrics.geometry import lip_opening_distances
 
+        model = self.face_model
+        parts = model.layout.split(coeffs.to(model.mean_shape.device))
+        with torch.no_grad():
+            shape = model.shape(parts.id_coeff, parts.exp_coeff)
+            return lip_opening_distances(shape[:, model.landmark_ids]).float().cpu()
+
+    def _regress(self, frames: Tensor, transform: CropTransform, landmarks: Tensor) -> Reconstruction:
+        """The reconstructor on aligned crops of ``frames``; landmarks projected back into the frames."""
         recon = self.reconstructor
         assert recon is not None
         device = recon.face_model.mean_shape.device
         crops = self.crops(frames, transform).to(device)
         crop_landmarks = transform.frame_to_crop(landmarks.float()).to(device)
         coeffs = recon.reconstruct_clip(crops, crop_landmarks).detach().float()
-        model = self.face_model
-        parts = model.layout.split(coeffs.to(model.mean_shape.device))
         with torch.no_grad():
-            shape = model.shape(parts.id_coeff, parts.exp_coeff)
-            lips = lip_opening_distances(shape[:, model.landmark_ids])
             projected = recon.face_model(coeffs.to(device), recon.camera).landmarks.float().cpu()
-        return Reconstruction(coeffs=coeffs.cpu(), lip_openings=lips.float().cpu(),
+        return Reconstruction(coeffs=coeffs.cpu(), lip_openings=self._lip_openings(coeffs),
                               landmarks=transform.crop_to_frame(projected))
+
+    def _refit(self, frames: Tensor, start_coeffs: Tensor, landmarks: Tensor) -> Reconstruction:
+        """The photometric re-fit of the whole ``frames`` from ``start_coeffs`` (the input's truth)."""
+        refitter = self.refitter
+        assert refitter is not None
+        coeffs = refitter.fit(frames, start_coeffs, landmarks).detach().float()
+        return Reconstruction(coeffs=coeffs.cpu(), lip_openings=self._lip_openings(coeffs),
+                              landmarks=refitter.landmarks(coeffs).float().cpu())
+
+    def _rereconstruct(
+        self,
+        frames: Tensor,  # (N, 3, H, W) float [0, 1] the video's scored frames
+        *,
+        start_coeffs: Tensor,  # (N, L) float the input's true coefficients (the re-fit's start)
+        landmarks: Tensor,  # (N, 68, 2) float the input's true landmarks, frame pixels
+        transform: CropTransform | None,  # (N,) frame → reconstructor crop (regressor only)
+    ) -> Reconstruction:
+        """The re-reconstruction of one video (see the module docstring)."""
+        if self.refitter is not None:
+            return self._refit(frames, start_coeffs, landmarks)
+        assert transform is not None
+        return self._regress(frames, transform, landmarks)
 
     @staticmethod
     def _flicker(frames: Tensor, mask: Tensor) -> float | None:
@@ -290,18 +347,26 @@ class Scorer:
         height, width = input_frames.shape[-2:]
         landmarks = input_truth.landmarks[rows].float()
         truth_coeffs = truth.coeffs[rows].float()
-        mask = self._face_masks(input_truth.coeffs[rows].float(), height) | self._face_masks(truth_coeffs, height)
+        input_coeffs = input_truth.coeffs[rows].float()
+        mask = self._face_masks(input_coeffs, height) | self._face_masks(truth_coeffs, height)
         box = face_box(mask)
         transform = self.transform(landmarks, (height, width), self.crop_size)
         input_crops, truth_crops = self.crops(input_frames, transform), self.crops(truth_frames, transform)
         recon_transform = input_fit = truth_fit = None
-        if self.reconstructor is not None:
-            recon_transform = self.transform(landmarks, (height, width), self.reconstructor.crop_size)
-            input_fit = self._fit(input_frames, recon_transform, landmarks)
-            truth_fit = self._fit(truth_frames, recon_transform, landmarks)
+        if self.geometry:
+            if self.refitter is None:
+                recon_transform = self.transform(landmarks, (height, width), self.reconstructor.crop_size)
+            elif (height, width) != (self.refitter.camera.image_size,) * 2:
+                raise ValueError(f"{input_video}: frames {height}x{width} but the re-fit's camera is "
+                                 f"{self.refitter.camera.image_size} px square (the world's frames)")
+            input_fit = self._rereconstruct(input_frames, start_coeffs=input_coeffs, landmarks=landmarks,
+                                            transform=recon_transform)
+            truth_fit = self._rereconstruct(truth_frames, start_coeffs=input_coeffs, landmarks=landmarks,
+                                            transform=recon_transform)
         return ItemReference(
             item=item, rows=rows, num_frames=num_frames, target_class=int(emotion_class_index([item.emotion])[0]),
             input_frames=input_frames, truth_frames=truth_frames, landmarks=landmarks, truth_coeffs=truth_coeffs,
+            input_coeffs=input_coeffs,
             mask=mask, box=box, crop_transform=transform, input_crops=input_crops, truth_crops=truth_crops,
             input_embedding=None if self.identity_judge is None else self._embed(input_crops),
             truth_flicker=self._flicker(truth_frames[..., box[0], box[1]], mask[..., box[0], box[1]]),
@@ -346,9 +411,15 @@ class Scorer:
         if ref.truth_flicker is not None and ref.truth_flicker > 0:
             flicker = self._flicker(region, mask_region)
             metrics["jitter"] = None if flicker is None else flicker / ref.truth_flicker
-        if self.reconstructor is not None:
-            assert ref.recon_transform is not None and ref.input_fit is not None and ref.truth_fit is not None
-            fit = self._fit(frames, ref.recon_transform, ref.landmarks)
+        if self.geometry:
+            assert ref.input_fit is not None and ref.truth_fit is not None
+            if torch.equal(frames, ref.input_frames):  # the same pixels and start: the same (deterministic) fit
+                fit = ref.input_fit
+            elif torch.equal(frames, ref.truth_frames):
+                fit = ref.truth_fit
+            else:
+                fit = self._rereconstruct(frames, start_coeffs=ref.input_coeffs, landmarks=ref.landmarks,
+                                          transform=ref.recon_transform)
             model = self.face_model
             mine, true = model.layout.split(fit.coeffs), model.layout.split(ref.truth_coeffs)
             metrics["exp_err"] = _mean(expression_error(mine.exp_coeff, true.exp_coeff))

@@ -216,7 +216,24 @@ def format_report(results: Mapping[str, Any]) -> str:
               "References (italics) are not methods: *input (no edit)* is the unedited clip, *ground truth* the "
               "world's true edit scored by the same code — the floor/ceiling of each metric under this measurement "
               "(e.g. the judge's accuracy on true frames, the re-reconstruction's own error).", ""]
+    rereconstruction = results.get("rereconstruction")
+    if rereconstruction:
+        lines += [rereconstruction_footnote(rereconstruction), ""]
     return "\n".join(lines)
+
+
+def rereconstruction_footnote(
+    rereconstruction: Mapping[str, Any],  # results.json's "rereconstruction" block (mode, description, ...)
+) -> str:
+    """One sentence: how the expression / vertex / lip-opening / landmark-jitter columns were measured."""
+    text = f"Expression / vertex / lip-opening / landmark-jitter columns: {rereconstruction.get('description')}."
+    if rereconstruction.get("mode") == "fitter":
+        text += (" With the identity fixed, the vertex error is the error of the expression's displacement (mm); "
+                 "the coefficient MAE is weaker (a non-orthogonal expression basis lets coefficients trade off).")
+    if rereconstruction.get("mode") == "regressor":
+        text += (" A regressor need not measure expression: these columns rank methods only where the *ground "
+                 "truth* column is clearly below the *input* column.")
+    return text
 
 
 __all__ = [
@@ -232,4 +249,5 @@ __all__ = [
     "format_report",
     "format_table",
     "format_value",
+    "rereconstruction_footnote",
 ]

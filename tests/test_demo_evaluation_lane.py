@@ -1,0 +1,271 @@
+"""The evaluation lane of ``emoedit demo --evaluate`` (emoedit/demo/evaluation_lane.py).
+
+Fast: the presets' evaluation plans, the harness config the lane builds for an output
+folder (and its agreement with configs/evaluate/demo.yaml), the train.py overrides (no
+evaluation clip, no unseen subject), the stage settings' change detection and the merge of
+the per-set results. Slow: the quick preset end to end with ``--evaluate`` and its resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from emoedit.demo.evaluation_lane import (
+    EVALUATE_CONFIG_FILE,
+    EvaluationLane,
+    build_evaluate_config,
+    forget_if_changed,
+    merge_set_results,
+    per_set_configs,
+)
+from emoedit.demo.presets import (
+    DEMO,
+    EVALUATION_JOB_DEPENDENCIES,
+    EVALUATION_JOBS,
+    EVALUATION_LANES,
+    PRESETS,
+    QUICK,
+    EvaluationPlan,
+    PartBudget,
+)
+from emoedit.demo.stages import StageResult, StageRunner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- plans
+@pytest.mark.parametrize("preset", [QUICK, DEMO], ids=lambda p: p.name)
+def test_plan_budgets_and_lanes(preset) -> None:
+    plan = preset.evaluate
+    assert plan is not None
+    listed = [job for lane in plan.lanes for job in lane]
+    assert sorted(listed) == sorted(EVALUATION_JOBS) and len(plan.lanes) == 2
+    for lane in plan.lanes:  # no job depends on a job of another lane
+        for position, job in enumerate(lane):
+            assert set(EVALUATION_JOB_DEPENDENCIES[job]) <= set(lane[:position])
+    for job in EVALUATION_JOBS:
+        budget = plan.budget(job)
+        assert budget.max_steps > 0 and budget.max_seconds > 0 and budget.checkpoint_every > 0
+        assert budget.experiment == ("demo_quick" if preset is QUICK else "demo")
+    assert plan.lanes[1].index("psp_tgan") < plan.lanes[1].index("psp_encoder")
+    assert plan.frame_stride >= 1 and (plan.max_frames is None or plan.max_frames >= 3)
+
+
+def test_plan_sizes() -> None:
+    # quick: about 1 minute of training wall time, demo: about 12 (two lanes at once)
+    assert 40 <= max(QUICK.evaluate.training_seconds().values()) <= 75
+    assert 600 <= max(DEMO.evaluate.training_seconds().values()) <= 720
+    assert DEMO.evaluate.max_items() == {"seen": 14, "unseen_subjects": 7, "unseen_views": 7}
+    assert set(QUICK.evaluate.max_items().values()) == {2}
+    assert PRESETS["gpu"].evaluate is None
+
+
+def test_plan_rejects_bad_lanes() -> None:
+    budget = PartBudget("demo", max_steps=1, max_seconds=1, checkpoint_every=1)
+    fields = {job: budget for job in EVALUATION_JOBS}
+    common = dict(seen_items=1, unseen_subject_items=1, unseen_view_items=1, max_frames=None, frame_stride=1,
+                  monotonicity_items=0, budget_seconds=1)
+    EvaluationPlan(**fields, lanes=EVALUATION_LANES, **common)
+    with pytest.raises(ValueError, match="psp_encoder.*psp_tgan"):
+        EvaluationPlan(**fields, lanes=(("judge_emotion", "judge_identity", "stargan", "psp_encoder"),
+                                        ("psp_tgan", "exprgan")), **common)
+    with pytest.raises(ValueError, match="every job once"):
+        EvaluationPlan(**fields, lanes=(("judge_emotion",),), **common)
+    with pytest.raises(ValueError, match="max_frames"):
+        EvaluationPlan(**fields, lanes=EVALUATION_LANES, **{**common, "max_frames": 2})
+
+
+# ----------------------------------------------------------------------------- harness config
+def test_evaluate_config_points_into_the_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "somewhere" / "run"
+    cfg = build_evaluate_config(out, DEMO.evaluate, sets=["seen", "unseen_subjects"], progress=False)
+    run = out.resolve()
+    assert cfg.world == str(run / "world") and cfg.out == str(run / "evaluate") and cfg.bundle == str(run / "bundle")
+    assert cfg.judges.emotion == str(run / "runs/judge_emotion/checkpoints/last.ckpt")
+    assert cfg.judges.identity == str(run / "runs/judge_identity/checkpoints/last.ckpt")
+    for name in ("stargan", "exprgan", "psp_tgan", "psp_encoder"):
+        assert getattr(cfg.baselines, name) == str(run / f"runs/{name}/checkpoints/last.ckpt")
+    assert cfg.baselines.psp_directions == str(run / "psp_directions.pt")
+    assert cfg.sets == ["seen", "unseen_subjects"] and cfg.strict and not cfg.progress
+    assert (cfg.max_frames, cfg.frame_stride) == (DEMO.evaluate.max_frames, DEMO.evaluate.frame_stride)
+    assert cfg.monotonicity.items == DEMO.evaluate.monotonicity_items and cfg.monotonicity.enabled
+    per_set = per_set_configs(cfg, DEMO.evaluate)
+    assert [(c.sets, c.max_items) for c in per_set] == [(["seen"], 14), (["unseen_subjects"], 7)]
+    assert all(c.out == cfg.out for c in per_set)  # one row store
+    # relative to a working directory that holds the folder; absolute otherwise
+    rel = build_evaluate_config(out, QUICK.evaluate, sets=["seen"], cwd=tmp_path)
+    assert rel.bundle == "somewhere/run/bundle" and rel.monotonicity.enabled == (QUICK.evaluate.monotonicity_items > 0)
+    other = build_evaluate_config(out, QUICK.evaluate, sets=["seen"], cwd=tmp_path / "elsewhere")
+    assert other.bundle == str(run / "bundle")
+    with pytest.raises(ValueError, match="sets"):
+        build_evaluate_config(out, QUICK.evaluate, sets=[])
+
+
+def test_default_out_matches_configs_evaluate_demo_yaml() -> None:
+    """`emoedit evaluate --config configs/evaluate/demo.yaml` continues what `make evaluate` wrote."""
+    from emoedit.evaluation.config import load_evaluate_config
+    from emoedit.evaluation.harness import SCORING_KEYS
+
+    cfg = build_evaluate_config(REPO / "outputs" / "demo", DEMO.evaluate,
+                                sets=["seen", "unseen_subjects", "unseen_views"], cwd=REPO)
+    yaml = load_evaluate_config(EVALUATE_CONFIG_FILE)
+    lane, file = cfg.to_json(), yaml.to_json()
+    for key in SCORING_KEYS:  # what the harness's evaluation_state.json compares
+        assert lane[key] == file[key], key
+    assert lane["out"] == file["out"] == "outputs/demo/evaluate"
+    assert lane["methods"] == file["methods"] and lane["sets"] == file["sets"]
+    assert yaml.max_items == DEMO.evaluate.seen_items
+    # "ours" is edited as `make demo` edits.
+    assert (yaml.edit.texture_mode, yaml.edit.teeth_gate) == (DEMO.edit.texture_mode, DEMO.edit.teeth_gate)
+
+
+# ----------------------------------------------------------------------------- jobs and settings
+def _clip(subject: str, emotion: str, level: int, clip: str, role: str) -> SimpleNamespace:
+    key = SimpleNamespace(subject=subject, view="front", emotion=emotion, level=level, clip=clip)
+    return SimpleNamespace(key=key, role=role)
+
+
+class _FakeWorld:
+    train_subjects = ("M001", "W002")
+    unseen_subjects = ("M003",)
+
+    def clips(self, *, view: str | None = None, role: str | None = None) -> list[SimpleNamespace]:
+        records = [_clip("M001", "neutral", 1, "001", "train"), _clip("M001", "neutral", 1, "002", "eval"),
+                   _clip("M001", "happy", 3, "001", "train"), _clip("W002", "neutral", 1, "002", "eval"),
+                   _clip("M003", "neutral", 1, "001", "eval"), _clip("M003", "happy", 3, "001", "eval")]
+        return [r for r in records if role is None or r.role == role]
+
+
+def _lane(tmp_path: Path, plan: EvaluationPlan | None = None) -> EvaluationLane:
+    from emoedit.demo.run import _Demo
+
+    preset = QUICK if plan is None else dataclasses.replace(QUICK, evaluate=plan)
+    demo = _Demo(preset, tmp_path.resolve(), progress=False)
+    demo._world = _FakeWorld()
+    return EvaluationLane(demo, preset.evaluate)
+
+
+def _override(job, key: str):
+    return json.loads(next(o for o in job.overrides if o.startswith(key + "=")).split("=", 1)[1])
+
+
+def test_jobs_never_see_evaluation_clips_or_unseen_subjects(tmp_path: Path) -> None:
+    lane = _lane(tmp_path)
+    eval_ids = ["M001/front/neutral/level_1/002", "M003/front/happy/level_3/001", "M003/front/neutral/level_1/001",
+                "W002/front/neutral/level_1/002"]
+    for name in ("judge_emotion", "judge_identity"):
+        job = lane.train_job(name)
+        assert job.part == "judge" and Path(job.run_dir) == tmp_path.resolve() / "runs" / name
+        assert sorted(_override(job, "data.val_keys")) == eval_ids and not job.validate
+        assert f"data.cache_dir={tmp_path.resolve() / 'cache' / 'frames'}" in job.overrides
+    assert "model.kind=emotion" in lane.train_job("judge_emotion").overrides
+    assert _override(lane.train_job("judge_identity"), "model.subjects") == ["M001", "W002"]
+    for name in ("stargan", "exprgan", "psp_tgan", "psp_encoder"):
+        job = lane.train_job(name)
+        assert _override(job, "data.filter") == {"view": "front", "subject": ["M001", "W002"]}
+        assert _override(job, "data.exclude") == {"subject": ["M003"], "clip": eval_ids}
+        assert "model.resolution=64" in job.overrides or "data.resolution=64" in job.overrides  # the crop side
+    encoder = lane.train_job("psp_encoder")
+    assert f"model.tgan_checkpoint={tmp_path.resolve() / 'runs/psp_tgan/checkpoints/last.ckpt'}" in encoder.overrides
+    assert "model.input_size=64" in encoder.overrides
+
+
+def test_settings_change_only_the_changed_job_and_what_follows(tmp_path: Path) -> None:
+    plan = QUICK.evaluate
+    base = _lane(tmp_path, plan)
+    faster = _lane(tmp_path, dataclasses.replace(plan, psp_tgan=dataclasses.replace(plan.psp_tgan, max_seconds=5)))
+    changed = {job for job in EVALUATION_JOBS if base.job_settings(job) != faster.job_settings(job)}
+    assert changed == {"psp_tgan", "psp_encoder"}
+    assert base.directions_settings() != faster.directions_settings()
+    assert base.evaluate_settings(["seen"], []) != faster.evaluate_settings(["seen"], [])
+    judge = _lane(tmp_path, dataclasses.replace(plan, judge_emotion=dataclasses.replace(plan.judge_emotion, max_steps=7)))
+    assert {job for job in EVALUATION_JOBS if base.job_settings(job) != judge.job_settings(job)} == {"judge_emotion"}
+    assert base.directions_settings() == judge.directions_settings()
+    more = _lane(tmp_path, dataclasses.replace(plan, seen_items=3))
+    assert all(base.job_settings(j) == more.job_settings(j) for j in EVALUATION_JOBS)
+    assert base.evaluate_settings(["seen"], []) != more.evaluate_settings(["seen"], [])
+    assert base.evaluate_settings(["seen"], []) == _lane(tmp_path, plan).evaluate_settings(["seen"], [])
+
+
+def test_forget_if_changed(tmp_path: Path) -> None:
+    runner = StageRunner(tmp_path, stream=open(tmp_path / "log.txt", "w"))
+    folder = tmp_path / "runs" / "stargan"
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").write_bytes(b"x")
+    runner.run("train_stargan", {"steps": 3}, lambda: StageResult(files=("runs/stargan/last.ckpt",)))
+    assert not forget_if_changed(runner, "train_stargan", {"steps": 3}, [folder])
+    assert runner.is_done("train_stargan", {"steps": 3}) is not None and folder.is_dir()
+    assert forget_if_changed(runner, "train_stargan", {"steps": 4}, [folder])
+    assert not folder.exists() and runner.read_stamp("train_stargan") is None
+    assert runner.is_done("train_stargan", {"steps": 4}) is None  # runs again, no StageSettingsError
+    assert not forget_if_changed(runner, "never_ran", {"a": 1}, [])
+
+
+def test_merge_set_results() -> None:
+    def part(set_name: str, note: str, seconds: float) -> dict:
+        return {"sets": {set_name: {"items": 2, "counts": {"ours": 2}}}, "notes": ["shared", note], "failures": [],
+                "run": {"seconds_this_call": seconds, "produced_this_call": 3, "scored_this_call": 4},
+                "config": {"sets": [set_name], "max_items": 2}, "skipped": []}
+
+    merged = merge_set_results([part("seen", "a", 1.0), part("unseen_subjects", "b", 2.0)],
+                               max_items={"seen": 14, "unseen_subjects": 7}, dropped=["unseen_views"])
+    assert list(merged["sets"]) == ["seen", "unseen_subjects"]
+    assert merged["notes"][:3] == ["shared", "a", "b"] and "unseen_views" in merged["notes"][3]
+    assert merged["run"]["seconds_this_call"] == 3.0 and merged["run"]["produced_this_call"] == 6
+    assert merged["config"]["max_items"] == {"seen": 14, "unseen_subjects": 7}
+    from emoedit.evaluation.tables import format_report
+
+    assert "## Set `unseen_subjects`" in format_report(merged)
+
+
+def test_evaluate_refused_for_a_preset_without_a_plan(tmp_path: Path) -> None:
+    from emoedit.demo.run import main, run_demo
+
+    with pytest.raises(ValueError, match="no evaluation plan"):
+        run_demo(PRESETS["gpu"], tmp_path, evaluate=True, progress=False)
+    with pytest.raises(SystemExit):
+        main(["--preset", "gpu", "--out", str(tmp_path), "--evaluate"])
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_quick_preset_with_evaluate_end_to_end(tmp_path: Path) -> None:
+    """`make evaluate PRESET=quick` into a fresh folder: the demo, the lane, the harness; then a resume."""
+    import time
+
+    from emoedit.demo.run import run_demo
+
+    out = tmp_path / "quick"
+    summary = run_demo("quick", out, progress=False, evaluate=True)
+    lane = summary.evaluate
+    assert lane is not None
+    results = json.loads((out / "evaluate" / "results.json").read_text())
+    assert (out / "evaluate" / "tables.md").read_text() == lane.table_text
+    assert lane.dropped_sets == ("unseen_views",) and lane.sets == {"seen": 2, "unseen_subjects": 2}
+    assert not {s["name"] for s in results["skipped"]} & {"StarGAN", "pSp", "ExprGAN"}
+    for set_name in ("seen", "unseen_subjects"):
+        counts = results["sets"][set_name]["counts"]
+        for method in ("ours", "StarGAN", "pSp", "ExprGAN", "ground truth"):
+            assert counts.get(method) == 2, (set_name, method, counts)
+        assert results["sets"][set_name]["summary"]["StarGAN"]["psnr"] is not None
+    assert any("unseen_views" in n for n in results["notes"])
+    for name in ("StarGAN", "pSp", "ExprGAN"):
+        assert f"| {name}" in lane.table_text or name in lane.table_text
+    body = json.loads(summary.summary_file.read_text())
+    assert body["evaluate"]["results"] == "evaluate/results.json" and "stage_seconds" in body
+    assert {"train_judge_emotion", "train_judge_identity", "train_stargan", "train_exprgan", "train_psp_tgan",
+            "train_psp_encoder", "psp_directions", "evaluate"} <= set(body["stage_seconds"])
+    for job in EVALUATION_JOBS:
+        stamp = json.loads((out / ".stages" / f"train_{job}.json").read_text())
+        assert stamp["outputs"]["steps"] > 0 and (out / "runs" / job / "checkpoints" / "last.ckpt").is_file()
+    print("evaluation lane stage seconds:", lane.stage_seconds, "wall", round(lane.wall_seconds, 1),
+          "training wall", round(lane.training_wall_seconds, 1))
+    started = time.perf_counter()
+    again = run_demo("quick", out, progress=False, evaluate=True)
+    assert set(again.reused_stages) == set(again.stage_seconds)  # nothing ran
+    assert time.perf_counter() - started < 60
