@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
 from emoedit.data.alignment import CropTransform, MouthTemplate, align_mouths, paste_crop_into_frame
 from emoedit.data.detection import NUM_LANDMARKS68
 from emoedit.data.mouth import (
@@ -136,11 +136,6 @@ def resize_square(images: Tensor, size: int, *, mode: str) -> Tensor:
     raise ValueError(f"resize_square: mode must be area or smooth, got {mode!r}")
 
 
-def _part(ckpt: dict[str, Any]) -> Any:
-    hparams = ckpt.get("hyper_parameters")
-    return hparams.get("part") if isinstance(hparams, dict) else None
-
-
 def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
@@ -158,9 +153,7 @@ def load_teeth_encoder_parts(
     """
     path = Path(path)
     ckpt = load_checkpoint(path, map_location=map_location)
-    if _part(ckpt) != TEETH_ENCODER_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {_part(ckpt)!r}, expected {TEETH_ENCODER_PART!r} "
-                              "(train.py teeth_encoder)")
+    require_part(ckpt, TEETH_ENCODER_PART, path, hint="train.py teeth_encoder")
     kwargs, config, state = ckpt.get(ENCODER_KWARGS_KEY), ckpt.get(GENERATOR_CONFIG_KEY), ckpt.get("state_dict")
     if not isinstance(kwargs, dict) or not isinstance(config, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path}: no '{ENCODER_KWARGS_KEY}', '{GENERATOR_CONFIG_KEY}' or state_dict "

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
 from emoedit.editing.emotion_code import NUM_EMOTIONS
 from emoedit.face_model.layout import CoeffLayout, Coeffs
 from emoedit.shape_checks import assert_finite, assert_shape
@@ -260,10 +260,7 @@ class GeometryGenerator(nn.Module):
         """The generator of a ``geometry`` checkpoint (``weights_only``), in eval mode."""
         path = Path(path)
         ckpt = load_checkpoint(path, map_location=map_location)
-        hparams = ckpt.get("hyper_parameters")
-        part = hparams.get("part") if isinstance(hparams, dict) else None
-        if part != GEOMETRY_PART:
-            raise CheckpointError(f"{path}: checkpoint of part {part!r}, expected {GEOMETRY_PART!r}")
+        require_part(ckpt, GEOMETRY_PART, path)
         kwargs = ckpt.get(GENERATOR_KWARGS_KEY)
         state = ckpt.get("state_dict")
         if not isinstance(kwargs, dict) or not isinstance(state, dict):

@@ -59,7 +59,7 @@ from torch import nn
 
 import emoedit
 from emoedit.atomic_io import atomic_path, atomic_torch_save, atomic_write_text, sha256_file
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, checkpoint_part, load_checkpoint, require_part
 from emoedit.editing.directions import DirectionsError, EditDirections
 from emoedit.editing.teeth_completion import MOUTH_SETTINGS_KEY, TEETH_ENCODER_PART, TEETH_TGAN_PART, TeethCompleter
 from emoedit.editing.texture_editor import TextureEditor
@@ -247,8 +247,10 @@ def slim_checkpoint(part: str, ckpt: Mapping[str, Any], *, source: str | os.Path
     kept = {k: _own(v) for k, v in state.items() if k.startswith(prefixes)}
     if not kept:
         raise BundleError(f"{part}: {source}: no tensors under {list(prefixes)} in its state_dict")
-    out: dict[str, Any] = {"hyper_parameters": {"part": hparams.get("part"), "config": _plain(dict(hparams["config"]))},
-                           "state_dict": kept}
+    out: dict[str, Any] = {
+        "hyper_parameters": {"part": checkpoint_part(ckpt), "config": _plain(dict(hparams["config"]))},
+        "state_dict": kept,
+    }
     for key in _KEEP_KEYS[part]:
         if key in ckpt and ckpt[key] is not None:
             out[key] = _plain(ckpt[key])
@@ -559,9 +561,7 @@ def _check_source(part: str, path: str | None) -> Path:
 
 def _checkpoint(part: str, source: Path) -> dict[str, Any]:
     ckpt = _wrap(part, source, lambda: load_checkpoint(source))
-    found = (ckpt.get("hyper_parameters") or {}).get("part") if isinstance(ckpt.get("hyper_parameters"), dict) else None
-    if found != _CKPT_PARTS[part]:
-        raise BundleError(f"{part}: {source}: checkpoint of part {found!r}, expected {_CKPT_PARTS[part]!r}")
+    _wrap(part, source, lambda: require_part(ckpt, _CKPT_PARTS[part], source))
     return ckpt
 
 
@@ -672,7 +672,7 @@ def build_bundle(
         entries = {part: {"file": f"{PARTS_DIR}/{PART_FILES[part]}", "sha256": sha256_file(path),
                           "size": path.stat().st_size, "source": str(paths[part].resolve()),
                           "source_sha256": source_sha[part],
-                          "part": slim[part]["hyper_parameters"]["part"] if part in slim else part,
+                          "part": checkpoint_part(slim[part]) if part in slim else part,
                           "info": infos.get(part, {})}
                    for part, path in files.items()}
         notes += _check_compatibility(loaded, files={part: paths[part] for part in files}, entries=entries,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
 from emoedit.face_model.camera import PerspectiveCamera
 from emoedit.face_model.morphable_model import MorphableModel
 from emoedit.networks.recon_regressor import ReconRegressor
@@ -229,8 +229,7 @@ def load_recon_regressor(path: str | os.PathLike[str], face_model: MorphableMode
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
         raise CheckpointError(f"{path}: no emoedit hyperparameters (not written by train.py?)")
-    if hparams.get("part") != RECON_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {RECON_PART!r}")
+    require_part(ckpt, RECON_PART, path)
     config = hparams["config"]
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from emoedit.atomic_io import sha256_file
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
 from emoedit.networks.psp_encoder import load_matching
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 
@@ -62,8 +62,7 @@ def generator_config_of(ckpt: Mapping[str, Any], *, part: str, path: str | os.Pa
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
         raise CheckpointError(f"{path}: no emoedit hyperparameters (not a {part} checkpoint written by train.py?)")
-    if hparams.get("part") != part:
-        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {part!r}")
+    require_part(ckpt, part, path)
     return dict(hparams["config"])
 
 
