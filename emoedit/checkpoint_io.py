@@ -96,3 +96,8 @@ def require_part(
         suffix = f" ({hint})" if hint else ""
         raise CheckpointError(f"{path}: checkpoint of part {found!r}, expected {names}{suffix}")
     return found
+
+
+def state_dict_under(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state`` whose key starts with ``prefix``, keyed without it (e.g. ``"G_ema."``)."""
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoedit.atomic_io import atomic_torch_save
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.editing.emotion_code import NUM_EMOTIONS
 from emoedit.networks.exprgan import EXPRGAN_GENERATOR_KWARGS_KEY, EXPRGAN_GENERATOR_PREFIX, EXPRGAN_PART, ExprGANGenerator
 from emoedit.networks.psp_encoder import load_matching
@@ -147,7 +147,7 @@ def load_generator(
         generator = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot build the {part} generator from {kwargs!r} ({err})") from None
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    weights = state_dict_under(state, prefix)
     load_matching(generator, weights, source=f"{path}: {part} generator")
     generator.to(map_location)
     return generator.eval().requires_grad_(False), dict(config)

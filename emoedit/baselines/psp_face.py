@@ -45,7 +45,7 @@ from torch import Tensor
 
 from emoedit.atomic_io import sha256_file
 from emoedit.baselines.crop_editor import CropEditor
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, state_dict_under
 from emoedit.editing.directions import (
     DirectionAccumulator,
     DirectionsError,
@@ -280,7 +280,7 @@ def _finetuned_generator(ckpt: dict[str, Any], path: Path, map_location: str | t
     """The generator a texture_encoder fine-tuned jointly (``generator.*`` + ``tgan_config``)."""
     config = ckpt.get(TGAN_CONFIG_KEY)
     state = ckpt.get("state_dict") or {}
-    weights = {k[len(ENCODER_GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_GENERATOR_PREFIX)}
+    weights = state_dict_under(state, ENCODER_GENERATOR_PREFIX)
     if not isinstance(config, dict) or not weights:
         raise CheckpointError(f"{path}: fine-tuned texture_encoder without '{TGAN_CONFIG_KEY}' or generator tensors")
     try:

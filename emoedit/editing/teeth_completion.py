@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.data.alignment import CropTransform, MouthTemplate, align_mouths, paste_crop_into_frame
 from emoedit.data.detection import NUM_LANDMARKS68
 from emoedit.data.mouth import (
@@ -136,10 +136,6 @@ def resize_square(images: Tensor, size: int, *, mode: str) -> Tensor:
     raise ValueError(f"resize_square: mode must be area or smooth, got {mode!r}")
 
 
-def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def load_teeth_encoder_parts(
     path: str | os.PathLike,  # a teeth_encoder .ckpt written by train.py
     *,
@@ -162,12 +158,12 @@ def load_teeth_encoder_parts(
         encoder = PSPEncoder(**{**kwargs, "widths": tuple(kwargs["widths"])})
     except (TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot build the encoder from {kwargs!r} ({err})") from None
-    load_matching(encoder, _prefixed(state, ENCODER_STATE_PREFIX), source=f"{path}: encoder")
+    load_matching(encoder, state_dict_under(state, ENCODER_STATE_PREFIX), source=f"{path}: encoder")
     try:
         generator = generator_from_tgan_config(config, num_bf16_res=num_bf16_res)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    load_matching(generator, _prefixed(state, GENERATOR_STATE_PREFIX), source=f"{path}: generator")
+    load_matching(generator, state_dict_under(state, GENERATOR_STATE_PREFIX), source=f"{path}: generator")
     settings = ckpt.get(MOUTH_SETTINGS_KEY)
     return encoder.eval(), generator.eval(), dict(settings) if isinstance(settings, dict) else {}
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoedit.atomic_io import atomic_torch_save
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.editing.emotion_code import EMOTIONS, NEUTRAL, canonical_emotion
 from emoedit.networks.ir_se import ResNetIR
 from emoedit.networks.psp_encoder import load_matching
@@ -140,7 +140,7 @@ class _Judge(nn.Module):
             judge = cls(**{**kwargs, "widths": tuple(kwargs["widths"])})
         except (TypeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot build the judge from {kwargs!r} ({err})") from None
-        weights = {k[len(JUDGE_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(JUDGE_STATE_PREFIX)}
+        weights = state_dict_under(state, JUDGE_STATE_PREFIX)
         load_matching(judge, weights, source=f"{path}: {cls.KIND} judge")
         return judge.eval()
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.networks.ir_se import DEFAULT_WIDTHS, ResNetIR
 from emoedit.shape_checks import assert_finite, assert_shape
 
@@ -250,7 +250,7 @@ class PSPEncoder(nn.Module):
             encoder = cls(**{**kwargs, "widths": tuple(kwargs["widths"])})
         except (TypeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot build the encoder from {kwargs!r} ({err})") from None
-        weights = {k[len(ENCODER_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_STATE_PREFIX)}
+        weights = state_dict_under(state, ENCODER_STATE_PREFIX)
         load_matching(encoder, weights, source=f"{path}: encoder")
         return encoder.eval()
 

@@ -59,7 +59,7 @@ from torch import nn
 
 import emoedit
 from emoedit.atomic_io import atomic_path, atomic_torch_save, atomic_write_text, sha256_file
-from emoedit.checkpoint_io import CheckpointError, checkpoint_part, load_checkpoint, require_part
+from emoedit.checkpoint_io import CheckpointError, checkpoint_part, load_checkpoint, require_part, state_dict_under
 from emoedit.editing.directions import DirectionsError, EditDirections
 from emoedit.editing.teeth_completion import MOUTH_SETTINGS_KEY, TEETH_ENCODER_PART, TEETH_TGAN_PART, TeethCompleter
 from emoedit.editing.texture_editor import TextureEditor
@@ -268,8 +268,7 @@ def _generator_from_encoder(ckpt: Mapping[str, Any], *, part: str, source: Path)
     """A slim t-GAN checkpoint holding an encoder checkpoint's jointly fine-tuned generator as ``G_ema``."""
     config = ckpt.get(TGAN_CONFIG_KEY)
     state = ckpt.get("state_dict") or {}
-    weights = {EMA_STATE_PREFIX + k[len("generator."):]: _own(v)
-               for k, v in state.items() if k.startswith("generator.")}
+    weights = {EMA_STATE_PREFIX + k: _own(v) for k, v in state_dict_under(state, "generator.").items()}
     if not isinstance(config, Mapping) or not weights:
         raise BundleError(f"{part}: {source}: fine-tuned generator without '{TGAN_CONFIG_KEY}' or generator.* tensors")
     return {"hyper_parameters": {"part": part, "config": _plain(dict(config))}, "state_dict": weights}

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 
 from emoedit.atomic_io import sha256_file
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.networks.psp_encoder import load_matching
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 
@@ -92,7 +92,7 @@ def load_generator_checkpoint(
         generator = generator_from_tgan_config(config, num_bf16_res=bf16, channels_last=layout)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    weights = {k[len(EMA_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_STATE_PREFIX)}
+    weights = state_dict_under(state, EMA_STATE_PREFIX)
     load_matching(generator, weights, source=f"{path}: G_ema")
     generator.to(map_location)
     generator.eval().requires_grad_(False)
