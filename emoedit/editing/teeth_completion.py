@@ -59,7 +59,7 @@ from emoedit.networks.stylegan2 import StyleGAN2Generator
 from emoedit.networks.stylegan2.checkpoint import (
     EMA_STATE_PREFIX,
     generator_from_tgan_config,
-    load_generator_checkpoint,
+    load_ema_generator,
 )
 from emoedit.shape_checks import assert_finite, assert_range, assert_shape
 
@@ -176,10 +176,9 @@ def load_teeth_generator(
 ) -> StyleGAN2Generator:
     """The EMA generator (``G_ema``) of a ``teeth_tgan`` checkpoint, in eval mode (no Lightning).
 
-    See :func:`emoedit.networks.stylegan2.checkpoint.load_generator_checkpoint`.
+    See :func:`emoedit.networks.stylegan2.checkpoint.load_ema_generator`.
     """
-    generator, _, _ = load_generator_checkpoint(path, part=TEETH_TGAN_PART, map_location=map_location,
-                                                num_bf16_res=num_bf16_res)
+    generator, _ = load_ema_generator(path, part=TEETH_TGAN_PART, map_location=map_location, num_bf16_res=num_bf16_res)
     return generator
 
 

@@ -66,7 +66,7 @@ from emoedit.editing.texture_editor import TextureEditor
 from emoedit.face_model.morphable_model import MorphableModel
 from emoedit.networks.geometry_editor import FACE_MODEL_KEY, GENERATOR_KWARGS_KEY, GEOMETRY_PART, GeometryGenerator
 from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, TEXTURE_ENCODER_PART, PSPEncoder
-from emoedit.networks.stylegan2.checkpoint import EMA_STATE_PREFIX, load_generator_checkpoint
+from emoedit.networks.stylegan2.checkpoint import EMA_STATE_PREFIX, load_ema_generator
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 from emoedit.networks.subject_classifier import CLASSIFIER_KWARGS_KEY, CLASSIFIER_PART, SubjectClassifier
 from emoedit.pipeline.parts import EditParts, PipelineSettings
@@ -322,7 +322,7 @@ def _load_objects(
             files["recon"], face_model, refine=refine))
         reconstructor.regressor.requires_grad_(False)
         reconstructor.to(device)
-    generator, _, _ = _wrap("tgan", files["tgan"], lambda: load_generator_checkpoint(
+    generator, _ = _wrap("tgan", files["tgan"], lambda: load_ema_generator(  # hashed by verify_bundle / build
         files["tgan"], part=TGAN_PART, map_location=device))
     encoder = _wrap("texture_encoder", files["texture_encoder"],
                     lambda: PSPEncoder.from_checkpoint(files["texture_encoder"], map_location=device))

@@ -7,7 +7,8 @@ holds ``hyper_parameters = {"part", "config"}`` (the part's plain ``model`` conf
 :func:`load_generator_checkpoint` rebuilds a :class:`StyleGAN2Generator` from the config's
 architecture keys (:func:`generator_from_tgan_config`) and loads the ``G_ema.*`` tensors
 strictly (every tensor present, none extra, same shapes). Everything else in the file is
-ignored, so a slimmed file holding only ``G_ema.*`` (a pipeline bundle's) loads the same way.
+ignored, so a slimmed file holding only ``G_ema.*`` (a pipeline bundle's) loads the same way
+(:func:`load_ema_generator` is the same without hashing the file).
 Files are read with ``torch.load(weights_only=True)``.
 """
 
@@ -20,7 +21,12 @@ from typing import Any, Mapping
 import torch
 
 from emoedit.atomic_io import sha256_file
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
+from emoedit.checkpoint_io import (
+    CheckpointError,
+    load_checkpoint,
+    require_part,
+    state_dict_under,
+)
 from emoedit.networks.psp_encoder import load_matching
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 
@@ -66,15 +72,15 @@ def generator_config_of(ckpt: Mapping[str, Any], *, part: str, path: str | os.Pa
     return dict(hparams["config"])
 
 
-def load_generator_checkpoint(
+def load_ema_generator(
     path: str | os.PathLike,  # a tgan / teeth_tgan .ckpt written by train.py (or a slimmed copy)
     *,
     part: str,  # expected part name: "tgan" or "teeth_tgan"
     map_location: str | torch.device = "cpu",  # device of the loaded tensors
     num_bf16_res: int | None = 0,  # generator numerics (0 = float32); None = the checkpoint config's own
     channels_last: bool | None = False,  # activation layout; None = the checkpoint config's own
-) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
-    """``(G_ema in eval mode with requires_grad False, the t-GAN model config, the file's sha256)``.
+) -> tuple[StyleGAN2Generator, dict[str, Any]]:
+    """``(G_ema in eval mode with requires_grad False, the t-GAN model config)``; the file is not hashed.
 
     ``G_ema`` is rebuilt from the checkpoint's ``hyper_parameters["config"]`` and its
     ``G_ema.*`` tensors are loaded strictly. Raises :class:`CheckpointError` naming the
@@ -96,6 +102,23 @@ def load_generator_checkpoint(
     load_matching(generator, weights, source=f"{path}: G_ema")
     generator.to(map_location)
     generator.eval().requires_grad_(False)
+    return generator, config
+
+
+def load_generator_checkpoint(
+    path: str | os.PathLike,  # a tgan / teeth_tgan .ckpt written by train.py (or a slimmed copy)
+    *,
+    part: str,  # expected part name: "tgan" or "teeth_tgan"
+    map_location: str | torch.device = "cpu",  # device of the loaded tensors
+    num_bf16_res: int | None = 0,  # generator numerics (0 = float32); None = the checkpoint config's own
+    channels_last: bool | None = False,  # activation layout; None = the checkpoint config's own
+) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
+    """``(G_ema in eval mode with requires_grad False, the t-GAN model config, the file's sha256)``.
+
+    :func:`load_ema_generator` plus the file's SHA-256 (what an encoder records of its t-GAN).
+    """
+    generator, config = load_ema_generator(path, part=part, map_location=map_location, num_bf16_res=num_bf16_res,
+                                           channels_last=channels_last)
     return generator, config, sha256_file(path)
 
 
@@ -104,5 +127,6 @@ __all__ = [
     "GENERATOR_PARTS",
     "generator_config_of",
     "generator_from_tgan_config",
+    "load_ema_generator",
     "load_generator_checkpoint",
 ]
