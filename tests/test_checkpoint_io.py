@@ -34,3 +34,19 @@ def test_state_dict_under_keeps_only_the_prefix_and_strips_it():
     assert list(under) == ["w", "block.b"] and under["w"] is a and under["block.b"] is b
     assert state_dict_under(state, "D.") == {}
     assert set(state) == {"G_ema.w", "G_ema.block.b", "G.w", "xG_ema.w"}  # input untouched
+
+
+def test_encoder_generator_state_and_finetune_flag():
+    from emoedit.networks.stylegan2.checkpoint import encoder_generator_state, finetunes_generator
+
+    w = torch.zeros(2)
+    ckpt = {"hyper_parameters": {"part": "texture_encoder", "config": {"finetune_generator": True}},
+            "tgan_config": {"resolution": 16}, "state_dict": {"generator.synthesis.w": w, "encoder.x": w}}
+    assert finetunes_generator(ckpt) and not finetunes_generator({"hyper_parameters": {"config": {}}})
+    assert not finetunes_generator({})
+    config, weights = encoder_generator_state(ckpt, path="e.ckpt")
+    assert config == {"resolution": 16} and list(weights) == ["synthesis.w"]
+    with pytest.raises(CheckpointError, match=r"^e\.ckpt: texture_encoder checkpoint without 'tgan_config'"):
+        encoder_generator_state({**ckpt, "tgan_config": None}, path="e.ckpt")
+    with pytest.raises(CheckpointError, match=r"generator\.\* tensors"):
+        encoder_generator_state({**ckpt, "state_dict": {"encoder.x": w}}, path="e.ckpt")

@@ -58,8 +58,11 @@ from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, ENCODER_STATE_PREFI
 from emoedit.networks.stylegan2 import StyleGAN2Generator
 from emoedit.networks.stylegan2.checkpoint import (
     EMA_STATE_PREFIX,
+    ENCODER_GENERATOR_PREFIX,
+    ENCODER_TGAN_CONFIG_KEY,
     generator_from_tgan_config,
     load_ema_generator,
+    load_encoder_generator,
 )
 from emoedit.shape_checks import assert_finite, assert_range, assert_shape
 
@@ -67,8 +70,8 @@ from emoedit.shape_checks import assert_finite, assert_range, assert_shape
 TEETH_TGAN_PART = "teeth_tgan"
 TEETH_ENCODER_PART = "teeth_encoder"
 #: Keys of a teeth_encoder checkpoint (the first two are the texture encoder's, shared).
-GENERATOR_CONFIG_KEY = "tgan_config"  # the teeth t-GAN's model config (plain dict)
-GENERATOR_STATE_PREFIX = "generator."  # the generator the encoder was trained with
+GENERATOR_CONFIG_KEY = ENCODER_TGAN_CONFIG_KEY  # the teeth t-GAN's model config (plain dict)
+GENERATOR_STATE_PREFIX = ENCODER_GENERATOR_PREFIX  # the generator the encoder was trained with
 MOUTH_SETTINGS_KEY = "mouth_settings"  # the mouths cache's "mouth" attributes (plain dict)
 DEFAULT_FEATHER_PX = 4.0  # width of the soft edge of the paste-back mask, mouth-crop pixels
 NOISE_MODES = ("const", "random", "none")
@@ -159,11 +162,7 @@ def load_teeth_encoder_parts(
     except (TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot build the encoder from {kwargs!r} ({err})") from None
     load_matching(encoder, state_dict_under(state, ENCODER_STATE_PREFIX), source=f"{path}: encoder")
-    try:
-        generator = generator_from_tgan_config(config, num_bf16_res=num_bf16_res)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    load_matching(generator, state_dict_under(state, GENERATOR_STATE_PREFIX), source=f"{path}: generator")
+    generator = load_encoder_generator(ckpt, path=path, map_location=map_location, num_bf16_res=num_bf16_res)
     settings = ckpt.get(MOUTH_SETTINGS_KEY)
     return encoder.eval(), generator.eval(), dict(settings) if isinstance(settings, dict) else {}
 

@@ -9,7 +9,12 @@ architecture keys (:func:`generator_from_tgan_config`) and loads the ``G_ema.*``
 strictly (every tensor present, none extra, same shapes). Everything else in the file is
 ignored, so a slimmed file holding only ``G_ema.*`` (a pipeline bundle's) loads the same way
 (:func:`load_ema_generator` is the same without hashing the file).
-Files are read with ``torch.load(weights_only=True)``.
+
+A texture or teeth encoder checkpoint carries the generator it was trained with (its
+``tgan_config`` and ``generator.*`` tensors; fine-tuned when ``model.finetune_generator``):
+:func:`load_encoder_generator` rebuilds it, :func:`encoder_generator_state` returns its
+config and tensors (what a bundle slims), :func:`finetunes_generator` says whether it was
+trained jointly. Files are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from emoedit.atomic_io import sha256_file
 from emoedit.checkpoint_io import (
     CheckpointError,
+    checkpoint_part,
     load_checkpoint,
     require_part,
     state_dict_under,
@@ -34,6 +40,10 @@ from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 GENERATOR_PARTS: tuple[str, ...] = ("tgan", "teeth_tgan")
 #: Prefix of the EMA generator's tensors in such a checkpoint's ``state_dict``.
 EMA_STATE_PREFIX = "G_ema."
+#: Keys of an encoder checkpoint (``train.py texture_encoder`` / ``teeth_encoder``) that carry the generator
+#: it was trained with: the t-GAN's model config and the generator's ``state_dict`` prefix.
+ENCODER_TGAN_CONFIG_KEY = "tgan_config"
+ENCODER_GENERATOR_PREFIX = "generator."
 
 
 def generator_from_tgan_config(
@@ -122,11 +132,62 @@ def load_generator_checkpoint(
     return generator, config, sha256_file(path)
 
 
+# --------------------------------------------------------------------------- an encoder's own generator
+def finetunes_generator(ckpt: Mapping[str, Any]) -> bool:
+    """Whether an encoder checkpoint (texture / teeth encoder) trained its generator jointly
+    (``model.finetune_generator`` of its config)."""
+    hparams = ckpt.get("hyper_parameters")
+    config = hparams.get("config") if isinstance(hparams, Mapping) else None
+    return bool(config.get("finetune_generator", False)) if isinstance(config, Mapping) else False
+
+
+def encoder_generator_state(
+    ckpt: Mapping[str, Any],  # a loaded texture_encoder / teeth_encoder checkpoint dict
+    *,
+    path: str | os.PathLike,  # its file, named in errors
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(the t-GAN model config, the generator's tensors without the "generator." prefix)`` that an
+    encoder checkpoint carries (its ``tgan_config`` and ``state_dict["generator.*"]``).
+
+    Raises :class:`CheckpointError` naming ``path`` when either is missing.
+    """
+    config = ckpt.get(ENCODER_TGAN_CONFIG_KEY)
+    state = ckpt.get("state_dict")
+    weights = state_dict_under(state, ENCODER_GENERATOR_PREFIX) if isinstance(state, Mapping) else {}
+    if not isinstance(config, Mapping) or not weights:
+        raise CheckpointError(f"{path}: {checkpoint_part(ckpt) or 'encoder'} checkpoint without '{ENCODER_TGAN_CONFIG_KEY}' or "
+                              f"{ENCODER_GENERATOR_PREFIX}* tensors (the generator it was trained with)")
+    return dict(config), weights
+
+
+def load_encoder_generator(
+    ckpt: Mapping[str, Any],  # a loaded texture_encoder / teeth_encoder checkpoint dict
+    *,
+    path: str | os.PathLike,  # its file, named in errors
+    map_location: str | torch.device = "cpu",  # device of the generator
+    num_bf16_res: int = 0,  # generator numerics (0 = float32)
+) -> StyleGAN2Generator:
+    """The generator an encoder checkpoint carries (:func:`encoder_generator_state`), rebuilt from
+    its t-GAN config and loaded strictly, in eval mode (gradients left as they are)."""
+    config, weights = encoder_generator_state(ckpt, path=path)
+    try:
+        generator = generator_from_tgan_config(config, num_bf16_res=num_bf16_res)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    load_matching(generator, weights, source=f"{path}: {checkpoint_part(ckpt) or 'encoder'} generator")
+    return generator.to(map_location).eval()
+
+
 __all__ = [
     "EMA_STATE_PREFIX",
+    "ENCODER_GENERATOR_PREFIX",
+    "ENCODER_TGAN_CONFIG_KEY",
     "GENERATOR_PARTS",
+    "encoder_generator_state",
+    "finetunes_generator",
     "generator_config_of",
     "generator_from_tgan_config",
     "load_ema_generator",
+    "load_encoder_generator",
     "load_generator_checkpoint",
 ]
