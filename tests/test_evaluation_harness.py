@@ -388,7 +388,10 @@ def test_wandb_table_is_logged_offline(evaluated, tmp_path: Path, monkeypatch: p
         return run
 
     monkeypatch.setattr(wandb, "init", spy)
-    log_wandb(cfg, evaluated["first"].results)
+    try:
+        log_wandb(cfg, evaluated["first"].results)
+    finally:
+        wandb.teardown()  # wandb's process-wide singleton keeps this run's settings: later tests must not see them
     table = logged["evaluate/results"]
     assert isinstance(table, wandb.Table) and "emo_acc" in table.columns
     assert len(table.data) == 2 * 5  # sets × methods

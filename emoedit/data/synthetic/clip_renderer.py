@@ -79,7 +79,8 @@ class WorldRenderer:
         self.expression_names = check_expression_names(self.model.expression_names)
         self.camera = world_camera(preset.image_size)
         self.uv_layout = UVLayout.from_model(self.model, preset.texture_size)
-        self.factory = SubjectFactory(model=self.model, layout=self.uv_layout, seed=self.seed)
+        family_spread = preset.family_spread if preset.subject_model == "families" else None
+        self.factory = SubjectFactory(model=self.model, layout=self.uv_layout, seed=self.seed, family_spread=family_spread)
         self.plan: WorldPlan = plan_world(preset, self.seed)
         self.scene = SceneRenderer(model=self.model, camera=self.camera)
         self.effect_weights = effect_weight_matrix(self.expression_names)
@@ -95,7 +96,7 @@ class WorldRenderer:
             plan = self._subject_plans.get(name)
             if plan is None:
                 raise KeyError(f"no subject {name!r} in this world (subjects: {sorted(self._subject_plans)})")
-            self._subjects[name] = self.factory.make(plan.name, plan.split, plan.sex)
+            self._subjects[name] = self.factory.make(plan.name, plan.split, plan.sex, family=plan.family)
         return self._subjects[name]
 
     def interior(self, name: str) -> MouthInterior:

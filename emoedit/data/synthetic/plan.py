@@ -14,12 +14,19 @@ and without rendering anything. Roles:
 
 Views of one clip name are one recording filmed by several cameras (as in MEAD): same
 performance and light, different camera, framing and background.
+
+With ``preset.subject_model == "families"`` every subject also gets a family
+(:func:`~emoedit.data.synthetic.families.assign_families`, round-robin) and, with
+probability ``1 − family_spread``, its family's sex instead of its own draw
+(:func:`~emoedit.data.synthetic.families.member_sex`); the independent model's roster is
+unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from emoedit.data.synthetic.families import assign_families, member_sex
 from emoedit.data.synthetic.layout import ClipKey, EditKey, clip_name
 from emoedit.data.synthetic.presets import NEUTRAL, WorldPreset
 from emoedit.data.synthetic.seeding import derive_rng
@@ -30,11 +37,12 @@ FFHQ_BAD_KINDS: tuple[str, ...] = ("large_pose", "dark", "occluded")
 
 @dataclass(frozen=True)
 class SubjectPlan:
-    """A subject's name, split and sex."""
+    """A subject's name, split, sex and family."""
 
     name: str  # e.g. "W007"
     split: str  # "train" or "unseen"
     sex: str  # "M" or "W"
+    family: int | None = None  # family index in [0, num_families) ("families" model), else None
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,13 @@ class WorldPlan:
         """Names of the unseen subjects."""
         return tuple(s.name for s in self.subjects if s.split == "unseen")
 
+    def family_of(self, name: str) -> int | None:
+        """The family of subject ``name`` (None in an independent world)."""
+        for subject in self.subjects:
+            if subject.name == name:
+                return subject.family
+        raise KeyError(f"no subject {name!r} in this world")
+
     def eval_clips(self) -> tuple[ClipKey, ...]:
         """Neutral evaluation clips (every view) — the sources of the ground-truth edits."""
         return tuple(c.key for c in self.clips if c.role == "eval" and c.key.emotion == NEUTRAL)
@@ -80,11 +95,18 @@ class WorldPlan:
 def plan_world(preset: WorldPreset, seed: int) -> WorldPlan:
     """Expand ``preset`` and ``seed`` into a :class:`WorldPlan`."""
     rng = derive_rng(seed, "roster")
+    families: tuple[int | None, ...] = (None,) * preset.num_subjects
+    if preset.subject_model == "families":
+        train, unseen = assign_families(preset.num_train_subjects, preset.num_unseen_subjects, preset.num_families)
+        families = train + unseen
     subjects = []
     for index in range(preset.num_subjects):
         sex = "M" if rng.random() < 0.5 else "W"
+        family = families[index]
+        if family is not None:
+            sex = member_sex(seed, index, sex, family, preset.family_spread)
         split = "train" if index < preset.num_train_subjects else "unseen"
-        subjects.append(SubjectPlan(name=f"{sex}{index + 1:03d}", split=split, sex=sex))
+        subjects.append(SubjectPlan(name=f"{sex}{index + 1:03d}", split=split, sex=sex, family=family))
 
     clips: list[ClipPlan] = []
     for subject in subjects:

@@ -15,6 +15,16 @@ Built-in presets:
   25 fps) at 128 px, 128-texel textures.
 - ``full``: paper scale (39 training + 8 unseen subjects, 2 clips per emotion and level,
   2 s clips at 256 px, 256-texel textures); hours on a CPU.
+- ``demo_families``: ``demo``'s sizes, but the subjects come in 4 look-alike families
+  (``subject_model="families"``, spread 0.3; :mod:`~emoedit.data.synthetic.families`), so a
+  new face's appearance predicts its wrinkles and flush (the premise of METHOD eq. 4), and
+  one SH light per subject.
+
+How subjects are drawn (``subject_model``): ``"independent"`` (the default, every world
+before families existed): each subject on its own random stream, so appearance says nothing
+about a subject's texture effects; ``"families"``: ``num_families`` prototypes, every
+subject its family's prototype blended toward its own draw by ``family_spread`` (0 = clones,
+1 = exactly the independent world's subjects).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from emoedit.data.synthetic.families import SUBJECT_MODELS
 from emoedit.editing.emotion_code import EMOTIONS
 
 #: MEAD's camera views used by the synthetic world, with their yaw (radians added to the
@@ -71,6 +82,11 @@ class WorldPreset:
     x264_preset: str = "veryfast"  # x264 speed/size trade-off of the written videos
     lighting: str = "per_recording"  # "per_recording": every recording its own SH light; "per_subject": one
     #                                  light per subject for all its recordings (MEAD's fixed studio light)
+    subject_model: str = "independent"  # "independent": every subject on its own; "families": look-alike
+    #                                     families (emoedit.data.synthetic.families)
+    num_families: int = 1  # family prototypes ("families" only); 1 <= num_families <= num_train_subjects
+    family_spread: float = 1.0  # in [0, 1]: how far a member departs from its family's prototype
+    #                             (0 = clones, 1 = as independent as the "independent" model)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -107,6 +123,16 @@ class WorldPreset:
             problems.append(f"render_batch must be >= 1, got {self.render_batch}")
         if self.lighting not in LIGHTING_MODES:
             problems.append(f"lighting must be one of {LIGHTING_MODES}, got {self.lighting!r}")
+        if self.subject_model not in SUBJECT_MODELS:
+            problems.append(f"subject_model must be one of {SUBJECT_MODELS}, got {self.subject_model!r}")
+        if isinstance(self.num_families, bool) or not isinstance(self.num_families, int):
+            problems.append(f"num_families must be an integer, got {self.num_families!r}")
+        elif not 1 <= self.num_families <= max(self.num_train_subjects, 1):
+            problems.append(f"num_families must be in [1, num_train_subjects={self.num_train_subjects}], got {self.num_families}")
+        if isinstance(self.family_spread, bool) or not isinstance(self.family_spread, (int, float)):
+            problems.append(f"family_spread must be a number, got {self.family_spread!r}")
+        elif not 0.0 <= self.family_spread <= 1.0:  # also rejects NaN
+            problems.append(f"family_spread must be in [0, 1], got {self.family_spread}")
         if problems:
             raise ValueError(f"WorldPreset {self.name!r}: " + "; ".join(problems))
 
@@ -121,12 +147,25 @@ class WorldPreset:
         return self.num_frames / self.fps
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """A JSON-able dict (tuples become lists).
+
+        The family fields (:data:`FAMILY_FIELDS`) are left out while all three have their
+        defaults, so an independent world's description is exactly what it was before the
+        fields existed (``truth/world.json`` compares equal and old worlds resume).
+        """
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in FAMILY_FIELDS}
+        if all(data[name] == value for name, value in defaults.items()):
+            for name in FAMILY_FIELDS:
+                del data[name]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WorldPreset:
-        """Inverse of :meth:`to_json`; raises ``ValueError`` on unknown or missing fields."""
+        """Inverse of :meth:`to_json`; raises ``ValueError`` on unknown or missing fields.
+
+        Fields with defaults may be missing (older worlds' descriptions lack them).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -136,6 +175,10 @@ class WorldPreset:
             return cls(**kwargs)
         except TypeError as error:
             raise ValueError(f"WorldPreset: {error}") from error
+
+
+#: Fields of the subject model, written by :meth:`WorldPreset.to_json` only when not all default.
+FAMILY_FIELDS: tuple[str, ...] = ("subject_model", "num_families", "family_spread")
 
 
 PRESETS: dict[str, WorldPreset] = {
@@ -205,10 +248,18 @@ PRESETS: dict[str, WorldPreset] = {
         x264_preset="medium",
     ),
 }
+PRESETS["demo_families"] = dataclasses.replace(
+    PRESETS["demo"],
+    name="demo_families",
+    subject_model="families",
+    num_families=4,
+    family_spread=0.3,
+    lighting="per_subject",
+)
 
 
 def get_preset(preset: str | WorldPreset) -> WorldPreset:
-    """A built-in preset by name (``tiny``, ``demo``, ``full``), or ``preset`` itself."""
+    """A built-in preset by name (``tiny``, ``demo``, ``full``, ``demo_families``), or ``preset`` itself."""
     if isinstance(preset, WorldPreset):
         return preset
     try:

@@ -102,6 +102,7 @@ class SubjectTruth:
     teeth_colour: Tensor  # (3,)
     expression_names: tuple[str, ...]
     effect_names: tuple[str, ...]
+    family: int | None = None  # look-alike family ("families" worlds), None for independently drawn subjects
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ class SyntheticWorld:
                     teeth_colour=payload["teeth_colour"],
                     expression_names=tuple(payload["expression_names"]),
                     effect_names=tuple(payload["effect_names"]),
+                    family=None if payload.get("family") is None else int(payload["family"]),
                 )
             except KeyError as error:
                 raise ValueError(f"{path}: subject truth lacks {error}") from None

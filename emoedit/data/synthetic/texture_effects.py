@@ -14,6 +14,13 @@ Per-subject response: an overall wrinkliness (log-normal), a per-effect gain
 (log-normal) and a flush gain (log-normal) multiply the maps, so some subjects wrinkle or
 flush much more than others, and a mean direction over subjects is not the direction of
 anyone in particular (METHOD eq. 4 is measured against this).
+
+In an independent world (the default) every subject's maps and gains are drawn on its own
+stream, unrelated to its appearance; in a ``"families"`` world the painters draw from a
+family blend (:mod:`~emoedit.data.synthetic.families`): a member's lines are its family's
+lines moved toward its own by ``family_spread``, its gains the family's blended in log space.
+The :func:`~emoedit.data.synthetic.families.sync_point` calls below mark where a member's
+family stream re-aligns with the prototype's (no-ops on a numpy generator).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from emoedit.data.synthetic.families import RandomSource, sync_point
 from emoedit.data.synthetic.uv_painting import UVFaceFrame, gaussian, polyline_band, soft_disc, wavy_line
 from emoedit.shape_checks import assert_shape
 
@@ -117,7 +125,7 @@ def apply_effects(albedo: Tensor, effect_maps: Tensor, activations: Tensor) -> T
     return (base + change).clamp(0.0, 1.0)
 
 
-def draw_effect_gains(rng: np.random.Generator) -> np.ndarray:
+def draw_effect_gains(rng: RandomSource) -> np.ndarray:
     """``(E,)`` per-subject response gains: wrinkliness × per-effect gain; flush gain."""
     wrinkliness = float(np.exp(rng.normal(0.0, 0.35)))
     gains = np.exp(rng.normal(0.0, 0.45, size=len(EFFECT_NAMES))) * wrinkliness
@@ -130,20 +138,27 @@ def paint_effect_maps(
     frame: UVFaceFrame,  # texel positions of the UV template
     albedo: np.ndarray,  # (3, T, T) float64 subject albedo in [0, 1]
     gains: np.ndarray,  # (E,) response gains (draw_effect_gains)
-    rng: np.random.Generator,  # the subject's stream for wrinkle geometry
+    rng: RandomSource,  # the subject's stream for wrinkle geometry
 ) -> np.ndarray:
     """``(E, 3, T, T)`` float32 additive effect maps ``D`` of one subject."""
     size = frame.texture_size
     width = max(0.011, 0.8 * frame.texel_dm)  # wrinkle half-width: ≥ about a texel
-    masks = {
-        "crows_feet": _crows_feet(frame, rng, width),
-        "forehead_lines": _forehead_lines(frame, rng, width),
-        "glabella_lines": _glabella_lines(frame, rng, width),
-        "nose_wrinkles": _nose_wrinkles(frame, rng, width),
-        "nasolabial_right": _nasolabial(frame, rng, width, side=-1),
-        "nasolabial_left": _nasolabial(frame, rng, width, side=+1),
-        "dimple_left": _dimple(frame, rng),
-    }
+    masks: dict[str, np.ndarray] = {}
+    sync_point(rng, "crows_feet")
+    masks["crows_feet"] = _crows_feet(frame, rng, width)
+    sync_point(rng, "forehead_lines")
+    masks["forehead_lines"] = _forehead_lines(frame, rng, width)
+    sync_point(rng, "glabella_lines")
+    masks["glabella_lines"] = _glabella_lines(frame, rng, width)
+    sync_point(rng, "nose_wrinkles")
+    masks["nose_wrinkles"] = _nose_wrinkles(frame, rng, width)
+    sync_point(rng, "nasolabial_right")
+    masks["nasolabial_right"] = _nasolabial(frame, rng, width, side=-1)
+    sync_point(rng, "nasolabial_left")
+    masks["nasolabial_left"] = _nasolabial(frame, rng, width, side=+1)
+    sync_point(rng, "dimple_left")
+    masks["dimple_left"] = _dimple(frame, rng)
+    sync_point(rng, "flush")
     skin = np.clip(frame.skin * 1.1, 0.0, 1.0)
     maps = np.zeros((len(EFFECT_NAMES), 3, size, size), dtype=np.float64)
     for e, name in enumerate(EFFECT_NAMES):
@@ -159,10 +174,11 @@ def paint_effect_maps(
 # ---------------------------------------------------------------------------- wrinkles
 
 
-def _crows_feet(frame: UVFaceFrame, rng: np.random.Generator, width: float) -> np.ndarray:
+def _crows_feet(frame: UVFaceFrame, rng: RandomSource, width: float) -> np.ndarray:
     """Lines fanning out from the outer eye corners (iBUG 37 and 46, 0-based 36 and 45)."""
     out = np.zeros_like(frame.x)
     for corner, side in ((36, -1.0), (45, 1.0)):
+        sync_point(rng, f"crows_feet_{corner}")
         p = frame.landmark(corner) + np.array([side * rng.uniform(0.03, 0.05), rng.uniform(-0.01, 0.01)])
         count = int(rng.integers(3, 6))
         angles = np.linspace(-0.7, 0.55, count) + rng.normal(0.0, 0.08, size=count)
@@ -175,7 +191,7 @@ def _crows_feet(frame: UVFaceFrame, rng: np.random.Generator, width: float) -> n
     return out
 
 
-def _forehead_lines(frame: UVFaceFrame, rng: np.random.Generator, width: float) -> np.ndarray:
+def _forehead_lines(frame: UVFaceFrame, rng: RandomSource, width: float) -> np.ndarray:
     """Horizontal lines across the forehead, above the brows (iBUG 18-27)."""
     brow_top = float(frame.landmarks[17:27, 1].max())
     out = np.zeros_like(frame.x)
@@ -194,7 +210,7 @@ def _forehead_lines(frame: UVFaceFrame, rng: np.random.Generator, width: float) 
     return out
 
 
-def _glabella_lines(frame: UVFaceFrame, rng: np.random.Generator, width: float) -> np.ndarray:
+def _glabella_lines(frame: UVFaceFrame, rng: RandomSource, width: float) -> np.ndarray:
     """Vertical lines between the inner brow ends (iBUG 22 and 23, 0-based 21 and 22)."""
     inner = 0.5 * (frame.landmark(21) + frame.landmark(22))
     out = np.zeros_like(frame.x)
@@ -209,12 +225,13 @@ def _glabella_lines(frame: UVFaceFrame, rng: np.random.Generator, width: float) 
     return out
 
 
-def _nose_wrinkles(frame: UVFaceFrame, rng: np.random.Generator, width: float) -> np.ndarray:
+def _nose_wrinkles(frame: UVFaceFrame, rng: RandomSource, width: float) -> np.ndarray:
     """Oblique "bunny lines" on both sides of the upper nose (iBUG 28-29)."""
     root = 0.5 * (frame.landmark(27) + frame.landmark(28))
     out = np.zeros_like(frame.x)
     count = int(rng.integers(2, 5))
     for side in (-1.0, 1.0):
+        sync_point(rng, f"nose_wrinkles_{side:+.0f}")
         for k in range(count):
             start = root + np.array([side * rng.uniform(0.02, 0.04), 0.03 - k * rng.uniform(0.03, 0.045)])
             angle = rng.uniform(0.25, 0.7)
@@ -224,7 +241,7 @@ def _nose_wrinkles(frame: UVFaceFrame, rng: np.random.Generator, width: float) -
     return out
 
 
-def _nasolabial(frame: UVFaceFrame, rng: np.random.Generator, width: float, *, side: int) -> np.ndarray:
+def _nasolabial(frame: UVFaceFrame, rng: RandomSource, width: float, *, side: int) -> np.ndarray:
     """The fold from beside the nose wing (iBUG 32 / 36) to beside the mouth corner (49 / 55)."""
     ala = frame.landmark(35 if side > 0 else 31)
     corner = frame.landmark(54 if side > 0 else 48)
@@ -234,14 +251,14 @@ def _nasolabial(frame: UVFaceFrame, rng: np.random.Generator, width: float, *, s
     return rng.uniform(0.75, 1.0) * polyline_band(frame, line, width * rng.uniform(1.4, 2.2))
 
 
-def _dimple(frame: UVFaceFrame, rng: np.random.Generator) -> np.ndarray:
+def _dimple(frame: UVFaceFrame, rng: RandomSource) -> np.ndarray:
     """A dimple beside the subject's left mouth corner (iBUG 55, 0-based 54)."""
     corner = frame.landmark(54)
     centre = corner + np.array([rng.uniform(0.03, 0.06), rng.uniform(-0.03, 0.0)])
     return 0.9 * soft_disc(frame, centre, rng.uniform(0.015, 0.025), sharpness=2.0)
 
 
-def _flush(frame: UVFaceFrame, rng: np.random.Generator) -> np.ndarray:
+def _flush(frame: UVFaceFrame, rng: RandomSource) -> np.ndarray:
     """Where anger reddens: cheeks, nose, forehead (per-subject proportions)."""
     nose = frame.landmark(30)
     cheek_y = 0.5 * (frame.landmark(30)[1] + frame.landmark(40)[1])

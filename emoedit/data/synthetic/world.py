@@ -45,6 +45,7 @@ from emoedit.data.synthetic.layout import (
     subject_json_file,
     subject_truth_file,
 )
+from emoedit.data.synthetic.plan import SubjectPlan
 from emoedit.data.synthetic.presets import VIEW_YAW_DEGREES, WorldPreset, get_preset
 from emoedit.data.synthetic.scene import camera_tensor
 from emoedit.data.synthetic.texture_effects import EFFECT_AU_WEIGHTS, EFFECT_NAMES
@@ -94,6 +95,14 @@ def _camera_json(camera: Any) -> dict[str, Any]:
     }
 
 
+def _subject_json(subject: SubjectPlan) -> dict[str, Any]:
+    """A subject's entry in ``truth/world.json`` (``family`` only in a families world)."""
+    entry: dict[str, Any] = {"name": subject.name, "split": subject.split, "sex": subject.sex}
+    if subject.family is not None:
+        entry["family"] = subject.family
+    return entry
+
+
 def world_description(renderer: WorldRenderer, still_camera: Any, *, complete: bool) -> dict[str, Any]:
     """The ``truth/world.json`` content."""
     preset, plan, model = renderer.preset, renderer.plan, renderer.model
@@ -105,7 +114,7 @@ def world_description(renderer: WorldRenderer, still_camera: Any, *, complete: b
         "preset": preset.to_json(),
         "preset_name": preset.name,
         "seed": renderer.seed,
-        "subjects": [{"name": s.name, "split": s.split, "sex": s.sex} for s in plan.subjects],
+        "subjects": [_subject_json(s) for s in plan.subjects],
         "layout": {
             "mead": MEAD_DIR,
             "ffhq": FFHQ_DIR,
