@@ -85,6 +85,7 @@ from emoedit.editing.emotion_code import EMOTIONS, EmotionSchedule  # noqa: E402
 from emoedit.editing.teeth_completion import TeethCompleter  # noqa: E402
 from emoedit.editing.texture_editor import TextureEditor  # noqa: E402
 from emoedit.face_model import MorphableModel  # noqa: E402
+from emoedit.machine import cores_available, cpu_model  # noqa: E402
 from emoedit.networks.geometry_editor import GeometryGenerator  # noqa: E402
 from emoedit.networks.psp_encoder import PSPEncoder  # noqa: E402
 from emoedit.networks.recon_regressor import ReconRegressor  # noqa: E402
@@ -358,15 +359,7 @@ def make_video(source: Path, out: Path, *, num_frames: int, frame_size: int) -> 
 # --------------------------------------------------------------------------- machine
 def machine_description(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, threads, load average, torch version and the device."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu, cores = cpu_model(), cores_available()
     info: dict[str, Any] = {
         "cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "device": str(device), "load_average": list(os.getloadavg()),

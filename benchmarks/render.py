@@ -16,8 +16,6 @@ pytorch3d's CPU rasteriser takes seconds per frame, so it gets ``--pytorch3d-ite
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +31,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO_ROOT))
 
 from emoedit.face_model import MorphableModel, PerspectiveCamera  # noqa: E402
+from emoedit.machine import cores_available, cpu_model  # noqa: E402
 from emoedit.render import MeshRenderer  # noqa: E402
 from emoedit.render.pytorch3d_rasterizer import pytorch3d_import_error  # noqa: E402
 
@@ -61,15 +60,7 @@ class Timing:
 
 def machine_description() -> str:
     """CPU model, core count, torch version and threads."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu, cores = cpu_model(), cores_available()
     p3d = pytorch3d_import_error()
     if p3d is None:
         import pytorch3d

@@ -29,16 +29,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 import torch  # noqa: E402
 
 from emoedit.data.synthetic import PRESETS, generate_world  # noqa: E402
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from emoedit.machine import cpu_model  # noqa: E402
 
 
 def _load() -> str:
@@ -58,7 +49,7 @@ def main() -> int:
     parser.add_argument("--progress", action="store_true", help="show tqdm progress bars")
     args = parser.parse_args()
 
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, torch threads while rendering: {args.torch_threads}")
     print(f"load average before: {_load()}")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix=f"synth_{args.preset}_"))

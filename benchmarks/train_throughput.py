@@ -24,7 +24,6 @@ reported (the CPU may be shared) with the median beside it.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
@@ -40,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 import pytorch_lightning as pl  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from emoedit.machine import cpu_model  # noqa: E402
 from lightning_modules.tgan import TGANSystem  # noqa: E402
 
 WARMUP = 2
@@ -122,7 +122,7 @@ def main() -> int:
         parser.error(f"unknown variants {unknown}; choose from {list(table)}")
     base = dict(resolution=args.resolution, z_dim=args.latent, w_dim=args.latent, channel_base=args.channel_base,
                 channel_max=args.channel_max, mapping_layers=8, num_samples=4, media_every_n_steps=0)
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, threads "
+    print(f"# {cpu_model()}, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, device {args.device}")
     print(f"# resolution {args.resolution}, batch {args.batch}, channel_base {args.channel_base}, "
           f"channel_max {args.channel_max}, z/w {args.latent}; best (median) of {args.repeats} x {args.iters} iters")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -65,7 +65,7 @@ def check_model_config(
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or "config" not in hparams:
         raise CheckpointError(f"{path}: no emoedit hyperparameters in this checkpoint (not written by train.py?)")
-    ckpt_part = hparams.get("part")
+    ckpt_part = checkpoint_part(ckpt)
     if ckpt_part is not None and ckpt_part != part:
         raise CheckpointError(f"{path}: checkpoint of part '{ckpt_part}', but this run trains '{part}'")
     saved = {k: v for k, v in hparams["config"].items() if k not in ignore}
@@ -73,3 +73,31 @@ def check_model_config(
     if differences:
         lines = "\n  ".join(differences)
         raise CheckpointError(f"{path}: checkpoint does not fit this config's model section:\n  {lines}")
+
+
+def checkpoint_part(ckpt: Mapping[str, Any]) -> Any:
+    """The part name a ``train.py`` checkpoint records (``hyper_parameters["part"]``); ``None`` when absent."""
+    hparams = ckpt.get("hyper_parameters")
+    return hparams.get("part") if isinstance(hparams, Mapping) else None
+
+
+def require_part(
+    ckpt: Mapping[str, Any],  # a loaded checkpoint dict
+    expected: str | tuple[str, ...],  # the part name(s) the caller can use
+    path: str | os.PathLike,  # the checkpoint's file, named in the error
+    *,
+    hint: str = "",  # appended in parentheses, e.g. which train.py part writes such a file
+) -> str:
+    """The checkpoint's part name; raises :class:`CheckpointError` naming ``path``, the found and the expected part."""
+    found = checkpoint_part(ckpt)
+    wanted = (expected,) if isinstance(expected, str) else tuple(expected)
+    if found not in wanted:
+        names = " or ".join(repr(name) for name in wanted)
+        suffix = f" ({hint})" if hint else ""
+        raise CheckpointError(f"{path}: checkpoint of part {found!r}, expected {names}{suffix}")
+    return found
+
+
+def state_dict_under(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``state`` whose key starts with ``prefix``, keyed without it (e.g. ``"G_ema."``)."""
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}

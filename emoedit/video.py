@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import av
 import av.error
@@ -296,6 +296,27 @@ def read_video(path: PathLike, *, as_tensor: bool = False) -> tuple[np.ndarray |
         frames = list(reader)
         info = reader.info
     return _stack(frames, as_tensor), info
+
+
+def read_frame_rows(
+    path: PathLike,  # a video file
+    rows: Sequence[int] | Tensor,  # (N,) frame indices to keep, in this order
+    *,
+    min_frames: int = 0,  # the clip must have at least this many frames
+) -> Tensor:
+    """Frames ``rows`` of a whole decoded clip: ``(N, 3, H, W)`` float32 RGB in [0, 1].
+
+    Raises ``ValueError`` naming the file when it has fewer than ``min_frames`` frames or
+    no frame ``max(rows)``.
+    """
+    frames, _ = read_video(path, as_tensor=True)
+    count = int(frames.shape[0])
+    if count < min_frames:
+        raise ValueError(f"{path}: has {count} frames, the evaluation needs {min_frames}")
+    index = torch.as_tensor(rows, dtype=torch.long)
+    if index.numel() and int(index.max()) >= count:
+        raise ValueError(f"{path}: has {count} frames, the evaluation needs frame {int(index.max())}")
+    return frames[index].permute(0, 3, 1, 2).float().div(255.0)
 
 
 def read_audio(path: PathLike) -> tuple[np.ndarray, int]:

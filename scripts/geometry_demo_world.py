@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections import defaultdict
@@ -66,6 +64,7 @@ from emoedit.data.synthetic.layout import ClipKey  # noqa: E402
 from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, emotion_code_from_level  # noqa: E402
 from emoedit.face_model import MorphableModel  # noqa: E402
 from emoedit.losses.geometry import LANDMARK_REGIONS, LIP_PAIRS  # noqa: E402
+from emoedit.machine import machine_info  # noqa: E402
 from emoedit.metrics.geometry import MM_PER_MODEL_UNIT  # noqa: E402  (face-model space is in decimetres)
 from emoedit.networks.geometry_editor import GeometryGenerator, ShapeCoeffLayout, edit_geometry  # noqa: E402
 
@@ -95,19 +94,6 @@ class Settings:
 def clip_id(key: ClipKey) -> str:
     """The preprocessing's clip id of a MEAD clip (emoedit.data.datasets.read_mead)."""
     return f"{key.subject}/{key.view}/{key.emotion}/level_{key.level}/{key.clip}"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch version and threads."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- training

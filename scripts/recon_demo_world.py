@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import random
 import sys
 import time
@@ -60,6 +58,7 @@ from emoedit.data.preprocess import PreprocessConfig, run_preprocess, truth_to_c
 from emoedit.data.synthetic import SyntheticWorld, generate_world  # noqa: E402
 from emoedit.data.synthetic.layout import ClipKey  # noqa: E402
 from emoedit.face_model import MorphableModel, PerspectiveCamera  # noqa: E402
+from emoedit.machine import machine_info  # noqa: E402
 from emoedit.metrics.geometry import MM_PER_MODEL_UNIT  # noqa: E402  (face-model space is in decimetres)
 from emoedit.reconstruction import FitterConfig, FittingReconstructor, RegressorReconstructor  # noqa: E402
 from emoedit.shape_checks import assert_shape  # noqa: E402
@@ -112,26 +111,6 @@ class DemoSettings:
     @property
     def run_dir(self) -> Path:
         return self.work / "run"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch version and threads."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "cuda": torch.cuda.is_available(),
-    }
 
 
 # --------------------------------------------------------------------------- world and cache

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -61,6 +59,7 @@ from emoedit.data.datasets import read_inputs  # noqa: E402
 from emoedit.data.face_tracking import track_faces  # noqa: E402
 from emoedit.data.preprocess import DEFAULT_MIN_FACE_SIZE_PX, PreprocessConfig, load_face_model, run_preprocess  # noqa: E402
 from emoedit.face_model import MorphableModel, PerspectiveCamera  # noqa: E402
+from emoedit.machine import machine_info  # noqa: E402
 from emoedit.render import MeshRenderer  # noqa: E402
 from emoedit.shape_checks import assert_shape  # noqa: E402
 from emoedit.video import read_video  # noqa: E402
@@ -89,20 +88,6 @@ class RealSettings:
     detect_all: bool = True  # step 1 over every frame (else over the reconstructed frames only)
     threads: int = 1  # torch threads
     videos: tuple[str, ...] = ()  # clip files; (): every fixtures/videos/*.mp4
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, torch version and threads."""
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "cuda": torch.cuda.is_available()}
 
 
 def face_model_spec(name: str, fixtures: Path) -> str:

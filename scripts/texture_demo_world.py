@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere
 
 from emoedit.atomic_io import atomic_write_text  # noqa: E402
 from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, NEUTRAL, emotion_code_from_level  # noqa: E402
+from emoedit.machine import machine_info  # noqa: E402
 from emoedit.shape_checks import assert_shape  # noqa: E402
 
 PARTS = ("tgan", "texture_encoder", "classifier")
@@ -545,19 +545,6 @@ def markdown_tables(results: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- main
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version()}
-
-
 def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, directions: Any) -> Networks:
     from emoedit.networks.psp_encoder import PSPEncoder
     from emoedit.networks.subject_classifier import SubjectClassifier
@@ -601,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     from emoedit.data.synthetic import SyntheticWorld
 
-    out: dict[str, Any] = {"machine": machine(), "args": vars(args), "times": {}}
+    out: dict[str, Any] = {"machine": machine_info(), "args": vars(args), "times": {}}
     t0 = time.perf_counter()
     world_dir = ensure_world(args.world, work, preset=args.preset, seed=args.seed)
     world = SyntheticWorld.open(world_dir)

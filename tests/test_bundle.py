@@ -287,6 +287,23 @@ def test_everything_is_loaded_weights_only(built, monkeypatch):
     assert len(calls) >= 9 and all(flag is True for flag in calls), calls
 
 
+def test_load_hashes_each_file_once(built, monkeypatch):
+    import emoedit.networks.stylegan2.checkpoint as generator_checkpoint
+    import emoedit.pipeline.bundle as bundle_module
+
+    hashed: list[Path] = []
+
+    def counting(path, *args, **kwargs):
+        hashed.append(Path(path).resolve())
+        return sha256_file(path, *args, **kwargs)
+
+    for module in (bundle_module, generator_checkpoint):
+        monkeypatch.setattr(module, "sha256_file", counting)
+    load_bundle(built)
+    assert len(hashed) == len(set(hashed)), sorted(str(p) for p in hashed)
+    assert (built / "parts" / "tgan.ckpt").resolve() in hashed
+
+
 # --------------------------------------------------------------------------- integrity
 def _copy(src: Path, dst: Path) -> Path:
     import shutil

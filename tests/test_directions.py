@@ -227,7 +227,8 @@ def test_solving_a_subset_of_emotions():
 
 def test_run_directions_end_to_end(tmp_path):
     from emoedit.data.cache import CacheDataset, CacheReader
-    from emoedit.editing.directions import file_sha256, run_directions, texture_to_network
+    from emoedit.atomic_io import sha256_file
+    from emoedit.editing.directions import run_directions, texture_to_network
     from emoedit.networks.psp_encoder import PSPEncoder
 
     cache = write_texture_cache(tmp_path / "textures", emotions=(("neutral", 1), ("happy", 3), ("happy", 1),
@@ -246,7 +247,7 @@ def test_run_directions_end_to_end(tmp_path):
     result = run_directions(cache, ckpt, out, "cpu", 5, emotions=["happy", "angry"])
     loaded = EditDirections.load(out)
     assert torch.equal(loaded.directions, result.directions)
-    assert loaded.encoder_sha256 == file_sha256(ckpt) and loaded.solved == ("happy", "angry")
+    assert loaded.encoder_sha256 == sha256_file(ckpt) and loaded.solved == ("happy", "angry")
     assert loaded.subjects == ("M001", "M002", "W003") and (loaded.counts[:, :2] == 4).all()
     assert "3 subjects × 7 emotions" in loaded.describe() and "happy, angry" in loaded.describe()
 

@@ -17,6 +17,7 @@ from emoedit.video import (
     VideoWriter,
     probe_video,
     read_audio,
+    read_frame_rows,
     read_video,
     write_video,
 )
@@ -153,6 +154,20 @@ def test_reader_chunks_and_single_frames(tmp_path: Path):
     np.testing.assert_array_equal(torch.cat(chunks).numpy(), np.stack(singles))
     # crf 0 is lossless in YUV and 4:4:4 keeps full chroma: only RGB->YUV->RGB rounding remains
     assert np.abs(np.stack(singles).astype(int) - frames).max() <= 3
+
+
+def test_read_frame_rows_picks_rows_as_nchw_unit_floats(tmp_path: Path):
+    frames = synthetic_frames(6, 16, 24)
+    path = write_video(tmp_path / "clip.mkv", frames, fps=25, crf=0, preset="ultrafast", pix_fmt="yuv444p")
+    decoded, _ = read_video(path, as_tensor=True)
+    for rows in ([4, 0, 2], torch.tensor([4, 0, 2])):
+        picked = read_frame_rows(path, rows, min_frames=6)
+        assert picked.shape == (3, 3, 16, 24) and picked.dtype == torch.float32
+        assert torch.equal(picked, decoded[[4, 0, 2]].permute(0, 3, 1, 2).float() / 255.0)
+    with pytest.raises(ValueError, match=r"clip\.mkv: has 6 frames, the evaluation needs 7"):
+        read_frame_rows(path, [0], min_frames=7)
+    with pytest.raises(ValueError, match=r"clip\.mkv: has 6 frames, the evaluation needs frame 6"):
+        read_frame_rows(path, [1, 6])
 
 
 def test_no_audio_source_and_rational_fps(tmp_path: Path):

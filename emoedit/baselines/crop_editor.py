@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoedit.atomic_io import atomic_torch_save
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.editing.emotion_code import NUM_EMOTIONS
 from emoedit.networks.exprgan import EXPRGAN_GENERATOR_KWARGS_KEY, EXPRGAN_GENERATOR_PREFIX, EXPRGAN_PART, ExprGANGenerator
 from emoedit.networks.psp_encoder import load_matching
@@ -121,11 +121,6 @@ class CropEditor(nn.Module, abc.ABC):
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _part_of(ckpt: dict[str, Any]) -> Any:
-    hparams = ckpt.get("hyper_parameters")
-    return hparams.get("part") if isinstance(hparams, dict) else None
-
-
 def load_generator(
     path: str | os.PathLike,  # a train.py checkpoint of the part, or a save_generator file
     *,
@@ -142,10 +137,7 @@ def load_generator(
     cls, kwargs_key, prefix = GENERATOR_FORMATS[part]
     path = Path(path)
     ckpt = load_checkpoint(path, map_location=map_location)
-    found = _part_of(ckpt)
-    if found != part:
-        raise CheckpointError(f"{path}: checkpoint of part {found!r}, expected {part!r} (the {part} baseline's "
-                              "train.py checkpoint)")
+    require_part(ckpt, part, path, hint=f"the {part} baseline's train.py checkpoint")
     kwargs, state = ckpt.get(kwargs_key), ckpt.get("state_dict")
     config = ckpt["hyper_parameters"].get("config")
     if not isinstance(kwargs, dict) or not isinstance(state, dict) or not isinstance(config, dict):
@@ -155,7 +147,7 @@ def load_generator(
         generator = cls(**kwargs)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot build the {part} generator from {kwargs!r} ({err})") from None
-    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    weights = state_dict_under(state, prefix)
     load_matching(generator, weights, source=f"{path}: {part} generator")
     generator.to(map_location)
     return generator.eval().requires_grad_(False), dict(config)

@@ -55,8 +55,13 @@ from emoedit.editing.directions import (
 )
 from emoedit.editing.emotion_code import MAX_LEVEL, NEUTRAL
 from emoedit.editing.texture_editor import TextureEditor
-from emoedit.networks.psp_encoder import PSPEncoder, load_matching
-from emoedit.networks.stylegan2.checkpoint import generator_from_tgan_config, load_generator_checkpoint
+from emoedit.networks.psp_encoder import PSPEncoder
+from emoedit.networks.stylegan2.checkpoint import (
+    ENCODER_TGAN_CONFIG_KEY,
+    finetunes_generator,
+    load_encoder_generator,
+    load_generator_checkpoint,
+)
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 
 #: The one pseudo-subject of the global directions (every training frame belongs to it).
@@ -64,9 +69,8 @@ GLOBAL_SUBJECT = "all"
 #: ``EditDirections.extra["kind"]`` of the files written here.
 PSP_FACE_DIRECTIONS_KIND = "psp_face_global"
 TGAN_PART = "tgan"
-TGAN_CONFIG_KEY = "tgan_config"
+TGAN_CONFIG_KEY = ENCODER_TGAN_CONFIG_KEY
 TGAN_SHA_KEY = "tgan_checkpoint_sha256"
-ENCODER_GENERATOR_PREFIX = "generator."
 NOISE_MODES = ("const", "none")
 
 
@@ -256,8 +260,9 @@ class PSPFaceEditor(CropEditor):
         if recorded != tgan_sha:
             raise CheckpointError(f"{encoder_ckpt}: texture_encoder trained with the t-GAN of sha256 {recorded}, but "
                                   f"{tgan_ckpt} (tgan) has sha256 {tgan_sha}")
-        if bool((encoder_file["hyper_parameters"].get("config") or {}).get("finetune_generator", False)):
-            generator = _finetuned_generator(encoder_file, encoder_ckpt, map_location)
+        if finetunes_generator(encoder_file):
+            generator = load_encoder_generator(encoder_file, path=encoder_ckpt, map_location=map_location)
+            generator.requires_grad_(False)
         try:
             directions = EditDirections.load(directions_path)
         except DirectionsError as err:
@@ -274,21 +279,6 @@ class PSPFaceEditor(CropEditor):
         wplus = self.encoder(images).wplus
         edited = self.directions(wplus, emotion_codes, mode="mean").wplus
         return self.generator.synthesis(edited, noise_mode=self.noise_mode)
-
-
-def _finetuned_generator(ckpt: dict[str, Any], path: Path, map_location: str | torch.device) -> StyleGAN2Generator:
-    """The generator a texture_encoder fine-tuned jointly (``generator.*`` + ``tgan_config``)."""
-    config = ckpt.get(TGAN_CONFIG_KEY)
-    state = ckpt.get("state_dict") or {}
-    weights = {k[len(ENCODER_GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_GENERATOR_PREFIX)}
-    if not isinstance(config, dict) or not weights:
-        raise CheckpointError(f"{path}: fine-tuned texture_encoder without '{TGAN_CONFIG_KEY}' or generator tensors")
-    try:
-        generator = generator_from_tgan_config(config)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    load_matching(generator, weights, source=f"{path}: texture_encoder generator")
-    return generator.to(map_location).eval().requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- command line

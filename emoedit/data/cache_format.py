@@ -140,6 +140,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from emoedit.atomic_io import sha256_file
+
 FORMAT_NAME = "emoedit-cache"
 SHARD_FORMAT_NAME = "emoedit-cache-shard"
 FORMAT_VERSION: tuple[int, int] = (1, 0)  # [major, minor] of the on-disk layout
@@ -620,14 +622,6 @@ class PathGuard:
 def confine(root: Path, relative: Any, *, source: str) -> Path:
     """``root / relative`` checked by a one-off :class:`PathGuard`."""
     return PathGuard(root)(relative, source=source)
-
-
-def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shard_file_problem(root: Path, entry: ShardEntry, *, verify_checksum: bool) -> CacheProblem | None:

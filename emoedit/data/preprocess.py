@@ -94,7 +94,7 @@ import torch
 from torch import Tensor
 
 import emoedit
-from emoedit.atomic_io import atomic_write_text
+from emoedit.atomic_io import atomic_write_text, sha256_file
 from emoedit.data.alignment import (
     AlignmentTemplate,
     CropTransform,
@@ -394,14 +394,6 @@ class RankStats:
 # --------------------------------------------------------------------------- face model and truth
 def _sha256_tensor(tensor: Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def synthetic_world_dir(config: PreprocessConfig) -> Path | None:
@@ -725,7 +717,7 @@ def reconstructor_identity(config: PreprocessConfig) -> dict[str, Any]:
         path = Path(config.reconstructor_path or "")
         if not path.is_file():
             raise PreprocessError(f"reconstructor checkpoint {path} not found")
-        identity.update(path=str(path.resolve()), sha256=_sha256_file(path), refine=config.refine)
+        identity.update(path=str(path.resolve()), sha256=sha256_file(path), refine=config.refine)
     if config.reconstructor == "fitter" or config.refine:
         from emoedit.reconstruction.fitter import FitterConfig
 

@@ -78,30 +78,25 @@ def stored_level(alpha: float, levels: Sequence[int]) -> int | None:
     return None
 
 
-def _video_frames(path: Path, rows: Sequence[int]) -> Tensor:
-    from emoedit.video import read_video
-
-    frames, _ = read_video(path, as_tensor=True)
-    if max(rows) >= frames.shape[0]:
-        raise ValueError(f"{path}: has {frames.shape[0]} frames, the evaluation needs frame {max(rows)}")
-    return frames[list(rows)].permute(0, 3, 1, 2).float().div(255.0)
-
-
 def load_input(world: Any, source: Any, rows: Sequence[int]) -> ClipFrames:
     """The neutral source clip (video + truth) on ``rows``."""
+    from emoedit.video import read_frame_rows
+
     truth = world.load_truth(source)
-    return ClipFrames(frames=_video_frames(source.video_path, rows), coeffs=truth.coeffs[list(rows)].float(),
+    return ClipFrames(frames=read_frame_rows(source.video_path, rows), coeffs=truth.coeffs[list(rows)].float(),
                       landmarks=truth.landmarks[list(rows)].float(), source=f"video {source.video_path}")
 
 
 def load_truth_edit(world: Any, source: Any, emotion: str, alpha: float, rows: Sequence[int]) -> ClipFrames:
     """The ground-truth edit of ``source`` into ``emotion`` at strength ``alpha`` on ``rows``
     (the world's stored video when 3α is a generated level, else rendered now)."""
+    from emoedit.video import read_frame_rows
+
     level = stored_level(alpha, world.preset.levels)
     if level is not None:
         record = world.edit(source, emotion, level)
         truth = world.load_truth(record)
-        return ClipFrames(frames=_video_frames(record.video_path, rows), coeffs=truth.coeffs[list(rows)].float(),
+        return ClipFrames(frames=read_frame_rows(record.video_path, rows), coeffs=truth.coeffs[list(rows)].float(),
                           landmarks=truth.landmarks[list(rows)].float(), source=f"video {record.video_path}")
     clip = world.render_edit(source, emotion, alpha * MAX_LEVEL)
     frames = torch.from_numpy(clip.frames[list(rows)]).permute(0, 3, 1, 2).float().div(255.0)
@@ -147,6 +142,7 @@ def evaluate_edits(
     from tqdm import tqdm
 
     from emoedit.metrics.geometry import shape_vertex_error_mm
+    from emoedit.video import read_frame_rows
 
     truth_in = world.load_truth(source)
     rows = list(range(0, truth_in.num_frames, max(1, frame_stride)))
@@ -163,7 +159,7 @@ def evaluate_edits(
     results = []
     for edit in tqdm(edits, desc="evaluation", unit="video", disable=not progress, dynamic_ncols=True):
         truth = load_truth_edit(world, source, edit.emotion, edit.alpha, rows)
-        output = _video_frames(edit.path, rows)
+        output = read_frame_rows(edit.path, rows)
         if output.shape != truth.frames.shape:
             raise ValueError(f"{edit.path}: frames {tuple(output.shape)} but the truth has {tuple(truth.frames.shape)}")
         mask = input_mask | face_masks(model, camera, truth.coeffs, size)

@@ -32,7 +32,6 @@ has every emotion of ``EMOTIONS`` (code order), the others are zero and not in
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from emoedit.atomic_io import atomic_torch_save
+from emoedit.atomic_io import atomic_torch_save, sha256_file
 from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, NEUTRAL, canonical_emotion
 from emoedit.shape_checks import assert_finite, assert_shape
 
@@ -421,15 +420,6 @@ def encode_cache(
             )
 
 
-def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _check_labels_before_encoding(
     index: Any, *, subjects: Sequence[str] | None, emotions: Sequence[str] | None, level: int, missing: str,
     where: str,
@@ -509,7 +499,7 @@ def run_directions(
                               num_workers=num_workers):
         accumulator.add(batch.wplus, batch.subjects, batch.emotions, batch.levels)
     result = accumulator.solve(
-        subjects=subjects, emotions=emotions, missing=missing, encoder_sha256=file_sha256(encoder_ckpt),
+        subjects=subjects, emotions=emotions, missing=missing, encoder_sha256=sha256_file(encoder_ckpt),
         extra={"cache": str(Path(cache).resolve()), "views": None if views is None else list(views),
                "encoder_checkpoint": str(Path(encoder_ckpt).resolve())},
     )

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.data.alignment import CropTransform, MouthTemplate, align_mouths, paste_crop_into_frame
 from emoedit.data.detection import NUM_LANDMARKS68
 from emoedit.data.mouth import (
@@ -58,8 +58,11 @@ from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, ENCODER_STATE_PREFI
 from emoedit.networks.stylegan2 import StyleGAN2Generator
 from emoedit.networks.stylegan2.checkpoint import (
     EMA_STATE_PREFIX,
+    ENCODER_GENERATOR_PREFIX,
+    ENCODER_TGAN_CONFIG_KEY,
     generator_from_tgan_config,
-    load_generator_checkpoint,
+    load_ema_generator,
+    load_encoder_generator,
 )
 from emoedit.shape_checks import assert_finite, assert_range, assert_shape
 
@@ -67,8 +70,8 @@ from emoedit.shape_checks import assert_finite, assert_range, assert_shape
 TEETH_TGAN_PART = "teeth_tgan"
 TEETH_ENCODER_PART = "teeth_encoder"
 #: Keys of a teeth_encoder checkpoint (the first two are the texture encoder's, shared).
-GENERATOR_CONFIG_KEY = "tgan_config"  # the teeth t-GAN's model config (plain dict)
-GENERATOR_STATE_PREFIX = "generator."  # the generator the encoder was trained with
+GENERATOR_CONFIG_KEY = ENCODER_TGAN_CONFIG_KEY  # the teeth t-GAN's model config (plain dict)
+GENERATOR_STATE_PREFIX = ENCODER_GENERATOR_PREFIX  # the generator the encoder was trained with
 MOUTH_SETTINGS_KEY = "mouth_settings"  # the mouths cache's "mouth" attributes (plain dict)
 DEFAULT_FEATHER_PX = 4.0  # width of the soft edge of the paste-back mask, mouth-crop pixels
 NOISE_MODES = ("const", "random", "none")
@@ -136,15 +139,6 @@ def resize_square(images: Tensor, size: int, *, mode: str) -> Tensor:
     raise ValueError(f"resize_square: mode must be area or smooth, got {mode!r}")
 
 
-def _part(ckpt: dict[str, Any]) -> Any:
-    hparams = ckpt.get("hyper_parameters")
-    return hparams.get("part") if isinstance(hparams, dict) else None
-
-
-def _prefixed(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def load_teeth_encoder_parts(
     path: str | os.PathLike,  # a teeth_encoder .ckpt written by train.py
     *,
@@ -158,9 +152,7 @@ def load_teeth_encoder_parts(
     """
     path = Path(path)
     ckpt = load_checkpoint(path, map_location=map_location)
-    if _part(ckpt) != TEETH_ENCODER_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {_part(ckpt)!r}, expected {TEETH_ENCODER_PART!r} "
-                              "(train.py teeth_encoder)")
+    require_part(ckpt, TEETH_ENCODER_PART, path, hint="train.py teeth_encoder")
     kwargs, config, state = ckpt.get(ENCODER_KWARGS_KEY), ckpt.get(GENERATOR_CONFIG_KEY), ckpt.get("state_dict")
     if not isinstance(kwargs, dict) or not isinstance(config, dict) or not isinstance(state, dict):
         raise CheckpointError(f"{path}: no '{ENCODER_KWARGS_KEY}', '{GENERATOR_CONFIG_KEY}' or state_dict "
@@ -169,12 +161,8 @@ def load_teeth_encoder_parts(
         encoder = PSPEncoder(**{**kwargs, "widths": tuple(kwargs["widths"])})
     except (TypeError, KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot build the encoder from {kwargs!r} ({err})") from None
-    load_matching(encoder, _prefixed(state, ENCODER_STATE_PREFIX), source=f"{path}: encoder")
-    try:
-        generator = generator_from_tgan_config(config, num_bf16_res=num_bf16_res)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    load_matching(generator, _prefixed(state, GENERATOR_STATE_PREFIX), source=f"{path}: generator")
+    load_matching(encoder, state_dict_under(state, ENCODER_STATE_PREFIX), source=f"{path}: encoder")
+    generator = load_encoder_generator(ckpt, path=path, map_location=map_location, num_bf16_res=num_bf16_res)
     settings = ckpt.get(MOUTH_SETTINGS_KEY)
     return encoder.eval(), generator.eval(), dict(settings) if isinstance(settings, dict) else {}
 
@@ -187,10 +175,9 @@ def load_teeth_generator(
 ) -> StyleGAN2Generator:
     """The EMA generator (``G_ema``) of a ``teeth_tgan`` checkpoint, in eval mode (no Lightning).
 
-    See :func:`emoedit.networks.stylegan2.checkpoint.load_generator_checkpoint`.
+    See :func:`emoedit.networks.stylegan2.checkpoint.load_ema_generator`.
     """
-    generator, _, _ = load_generator_checkpoint(path, part=TEETH_TGAN_PART, map_location=map_location,
-                                                num_bf16_res=num_bf16_res)
+    generator, _ = load_ema_generator(path, part=TEETH_TGAN_PART, map_location=map_location, num_bf16_res=num_bf16_res)
     return generator
 
 

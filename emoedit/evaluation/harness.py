@@ -56,7 +56,7 @@ from emoedit.evaluation.methods import (
     method_kind,
     method_slug,
 )
-from emoedit.evaluation.scoring import METRICS, ItemReference, Scorer, frechet_from_features, read_frames
+from emoedit.evaluation.scoring import METRICS, ItemReference, Scorer, frechet_from_features
 from emoedit.evaluation.splits import SET_TITLES, EvaluationItem, evaluation_items
 from emoedit.evaluation.tables import (
     TABLE1_COLUMNS,
@@ -470,6 +470,7 @@ def _run_monotonicity(
     from emoedit.data.synthetic.layout import ClipKey
     from emoedit.editing.emotion_code import MAX_LEVEL, emotion_code_from_alpha
     from emoedit.metrics.monotonicity import intensity_monotonicity
+    from emoedit.video import read_frame_rows
 
     mono = cfg.monotonicity
     if not mono.enabled or scorer.emotion_judge is None:
@@ -507,7 +508,7 @@ def _run_monotonicity(
                     method.produce(MethodInput(input_video=input_video, landmarks=landmarks, emotion_code=code,
                                                truth_video=None), video)
                     counters["produced"] += 1
-                frames = read_frames(video, rows, min_frames=num_frames)
+                frames = read_frame_rows(video, rows, min_frames=num_frames)
             confidence = scorer.target_confidence(frames, landmarks[rows], item.emotion)
             store.append({"item": item.item_id, "method": name, "alpha": _alpha_name(alpha), "alpha_value": alpha,
                           "emotion": item.emotion, "confidence": confidence})

@@ -158,16 +158,6 @@ def _batched(function: Callable[[Tensor], Tensor], images: Tensor) -> Tensor:
     return torch.cat([function(images[i:i + SCORE_BATCH]) for i in range(0, images.shape[0], SCORE_BATCH)])
 
 
-def read_frames(path: Path, rows: Tensor, *, min_frames: int) -> Tensor:
-    """``(N, 3, H, W)`` float [0, 1] frames ``rows`` of a video; ``ValueError`` if it has < ``min_frames``."""
-    from emoedit.video import read_video
-
-    frames, _ = read_video(path, as_tensor=True)
-    if frames.shape[0] < min_frames:
-        raise ValueError(f"{path}: has {frames.shape[0]} frames, the evaluation needs {min_frames}")
-    return frames[rows].permute(0, 3, 1, 2).float().div(255.0)
-
-
 class Scorer:
     """The scoring networks and the per-item metric code (see the module docstring)."""
 
@@ -337,13 +327,14 @@ class Scorer:
         """Prepare the item's shared data (see :class:`ItemReference`)."""
         from emoedit.data.synthetic.truth_format import load_clip_truth
         from emoedit.networks.judges import emotion_class_index
+        from emoedit.video import read_frame_rows
 
         rows = torch.arange(0, num_frames, max(1, int(frame_stride)))
         input_truth, truth = load_clip_truth(item.input_truth), load_clip_truth(item.truth_truth)
         if truth.num_frames < num_frames or input_truth.num_frames < num_frames:
             raise ValueError(f"{item.truth_truth}: truth has {truth.num_frames} frames, the input {num_frames}")
-        input_frames = read_frames(input_video, rows, min_frames=num_frames)
-        truth_frames = read_frames(item.truth_video, rows, min_frames=num_frames)
+        input_frames = read_frame_rows(input_video, rows, min_frames=num_frames)
+        truth_frames = read_frame_rows(item.truth_video, rows, min_frames=num_frames)
         height, width = input_frames.shape[-2:]
         landmarks = input_truth.landmarks[rows].float()
         truth_coeffs = truth.coeffs[rows].float()
@@ -380,8 +371,9 @@ class Scorer:
         from emoedit.metrics.geometry import MM_PER_MODEL_UNIT, expression_error, shape_vertex_error_mm
         from emoedit.metrics.image_quality import image_quality
         from emoedit.metrics.temporal import landmark_jitter
+        from emoedit.video import read_frame_rows
 
-        frames = read_frames(output_video, ref.rows, min_frames=ref.num_frames)
+        frames = read_frame_rows(output_video, ref.rows, min_frames=ref.num_frames)
         if frames.shape != ref.truth_frames.shape:
             raise ValueError(f"{output_video}: frames {tuple(frames.shape)} but the truth has "
                              f"{tuple(ref.truth_frames.shape)}")
@@ -517,5 +509,4 @@ __all__ = [
     "Scorer",
     "face_box",
     "frechet_from_features",
-    "read_frames",
 ]

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.editing.emotion_code import NUM_EMOTIONS
 from emoedit.face_model.layout import CoeffLayout, Coeffs
 from emoedit.shape_checks import assert_finite, assert_shape
@@ -260,10 +260,7 @@ class GeometryGenerator(nn.Module):
         """The generator of a ``geometry`` checkpoint (``weights_only``), in eval mode."""
         path = Path(path)
         ckpt = load_checkpoint(path, map_location=map_location)
-        hparams = ckpt.get("hyper_parameters")
-        part = hparams.get("part") if isinstance(hparams, dict) else None
-        if part != GEOMETRY_PART:
-            raise CheckpointError(f"{path}: checkpoint of part {part!r}, expected {GEOMETRY_PART!r}")
+        require_part(ckpt, GEOMETRY_PART, path)
         kwargs = ckpt.get(GENERATOR_KWARGS_KEY)
         state = ckpt.get("state_dict")
         if not isinstance(kwargs, dict) or not isinstance(state, dict):
@@ -272,8 +269,7 @@ class GeometryGenerator(nn.Module):
             generator = cls(**kwargs)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot build the geometry generator from {kwargs!r} ({err})") from None
-        prefix = GENERATOR_STATE_PREFIX
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        weights = state_dict_under(state, GENERATOR_STATE_PREFIX)
         expected = {name: tuple(t.shape) for name, t in generator.state_dict().items()}
         found = {name: tuple(t.shape) for name, t in weights.items()}
         if expected != found:

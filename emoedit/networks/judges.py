@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from emoedit.atomic_io import atomic_torch_save
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.editing.emotion_code import EMOTIONS, NEUTRAL, canonical_emotion
 from emoedit.networks.ir_se import ResNetIR
 from emoedit.networks.psp_encoder import load_matching
@@ -129,10 +129,7 @@ class _Judge(nn.Module):
         """The judge stored in ``path`` (``weights_only``), in eval mode."""
         path = Path(path)
         ckpt = load_checkpoint(path, map_location=map_location)
-        hparams = ckpt.get("hyper_parameters")
-        part = hparams.get("part") if isinstance(hparams, dict) else None
-        if part != JUDGE_PART:
-            raise CheckpointError(f"{path}: checkpoint of part {part!r}, expected {JUDGE_PART!r}")
+        require_part(ckpt, JUDGE_PART, path)
         kind = ckpt.get(JUDGE_KIND_KEY)
         if kind != cls.KIND:
             raise CheckpointError(f"{path}: holds a {kind!r} judge, not an {cls.KIND!r} judge")
@@ -143,7 +140,7 @@ class _Judge(nn.Module):
             judge = cls(**{**kwargs, "widths": tuple(kwargs["widths"])})
         except (TypeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot build the judge from {kwargs!r} ({err})") from None
-        weights = {k[len(JUDGE_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(JUDGE_STATE_PREFIX)}
+        weights = state_dict_under(state, JUDGE_STATE_PREFIX)
         load_matching(judge, weights, source=f"{path}: {cls.KIND} judge")
         return judge.eval()
 

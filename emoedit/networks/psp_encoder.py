@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.networks.ir_se import DEFAULT_WIDTHS, ResNetIR
 from emoedit.shape_checks import assert_finite, assert_shape
 
@@ -241,10 +241,7 @@ class PSPEncoder(nn.Module):
         """
         path = Path(path)
         ckpt = load_checkpoint(path, map_location=map_location)
-        hparams = ckpt.get("hyper_parameters")
-        part = hparams.get("part") if isinstance(hparams, dict) else None
-        if part != TEXTURE_ENCODER_PART:
-            raise CheckpointError(f"{path}: checkpoint of part {part!r}, expected {TEXTURE_ENCODER_PART!r}")
+        require_part(ckpt, TEXTURE_ENCODER_PART, path)
         kwargs = ckpt.get(ENCODER_KWARGS_KEY)
         state = ckpt.get("state_dict")
         if not isinstance(kwargs, dict) or not isinstance(state, dict):
@@ -253,7 +250,7 @@ class PSPEncoder(nn.Module):
             encoder = cls(**{**kwargs, "widths": tuple(kwargs["widths"])})
         except (TypeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot build the encoder from {kwargs!r} ({err})") from None
-        weights = {k[len(ENCODER_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_STATE_PREFIX)}
+        weights = state_dict_under(state, ENCODER_STATE_PREFIX)
         load_matching(encoder, weights, source=f"{path}: encoder")
         return encoder.eval()
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.networks.ir_se import ResNetIR
 from emoedit.networks.psp_encoder import load_matching
 from emoedit.shape_checks import assert_shape
@@ -116,10 +116,7 @@ class SubjectClassifier(nn.Module):
         """The classifier of a ``classifier`` checkpoint (``weights_only``), in eval mode."""
         path = Path(path)
         ckpt = load_checkpoint(path, map_location=map_location)
-        hparams = ckpt.get("hyper_parameters")
-        part = hparams.get("part") if isinstance(hparams, dict) else None
-        if part != CLASSIFIER_PART:
-            raise CheckpointError(f"{path}: checkpoint of part {part!r}, expected {CLASSIFIER_PART!r}")
+        require_part(ckpt, CLASSIFIER_PART, path)
         kwargs = ckpt.get(CLASSIFIER_KWARGS_KEY)
         state = ckpt.get("state_dict")
         if not isinstance(kwargs, dict) or not isinstance(state, dict):
@@ -128,7 +125,6 @@ class SubjectClassifier(nn.Module):
             classifier = cls(**{**kwargs, "widths": tuple(kwargs["widths"])})
         except (TypeError, KeyError, ValueError) as err:
             raise CheckpointError(f"{path}: cannot build the classifier from {kwargs!r} ({err})") from None
-        prefix = CLASSIFIER_STATE_PREFIX
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        weights = state_dict_under(state, CLASSIFIER_STATE_PREFIX)
         load_matching(classifier, weights, source=f"{path}: classifier")
         return classifier.eval()

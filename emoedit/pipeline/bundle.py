@@ -59,14 +59,20 @@ from torch import nn
 
 import emoedit
 from emoedit.atomic_io import atomic_path, atomic_torch_save, atomic_write_text, sha256_file
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, checkpoint_part, load_checkpoint, require_part
 from emoedit.editing.directions import DirectionsError, EditDirections
 from emoedit.editing.teeth_completion import MOUTH_SETTINGS_KEY, TEETH_ENCODER_PART, TEETH_TGAN_PART, TeethCompleter
 from emoedit.editing.texture_editor import TextureEditor
 from emoedit.face_model.morphable_model import MorphableModel
 from emoedit.networks.geometry_editor import FACE_MODEL_KEY, GENERATOR_KWARGS_KEY, GEOMETRY_PART, GeometryGenerator
 from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, TEXTURE_ENCODER_PART, PSPEncoder
-from emoedit.networks.stylegan2.checkpoint import EMA_STATE_PREFIX, load_generator_checkpoint
+from emoedit.networks.stylegan2.checkpoint import (
+    EMA_STATE_PREFIX,
+    ENCODER_TGAN_CONFIG_KEY,
+    encoder_generator_state,
+    finetunes_generator,
+    load_ema_generator,
+)
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 from emoedit.networks.subject_classifier import CLASSIFIER_KWARGS_KEY, CLASSIFIER_PART, SubjectClassifier
 from emoedit.pipeline.parts import EditParts, PipelineSettings
@@ -98,7 +104,7 @@ PART_FILES: dict[str, str] = {
 REQUIRED_PARTS: tuple[str, ...] = ("face_model", "tgan", "texture_encoder", "classifier", "directions", "geometry")
 RECON_MODES: tuple[str, ...] = ("regressor", "regressor+fit", "fitter")
 TGAN_PART = "tgan"
-TGAN_CONFIG_KEY = "tgan_config"  # texture / teeth encoder checkpoints: the t-GAN's model config
+TGAN_CONFIG_KEY = ENCODER_TGAN_CONFIG_KEY  # texture / teeth encoder checkpoints: the t-GAN's model config
 TGAN_SHA_KEY = "tgan_checkpoint_sha256"  # texture / teeth encoder checkpoints: SHA-256 of their t-GAN file
 FACE_MODEL_KEEP = ("mean_shape", "triangles")  # face-model buffers kept in a slim recon checkpoint
 
@@ -247,8 +253,10 @@ def slim_checkpoint(part: str, ckpt: Mapping[str, Any], *, source: str | os.Path
     kept = {k: _own(v) for k, v in state.items() if k.startswith(prefixes)}
     if not kept:
         raise BundleError(f"{part}: {source}: no tensors under {list(prefixes)} in its state_dict")
-    out: dict[str, Any] = {"hyper_parameters": {"part": hparams.get("part"), "config": _plain(dict(hparams["config"]))},
-                           "state_dict": kept}
+    out: dict[str, Any] = {
+        "hyper_parameters": {"part": checkpoint_part(ckpt), "config": _plain(dict(hparams["config"]))},
+        "state_dict": kept,
+    }
     for key in _KEEP_KEYS[part]:
         if key in ckpt and ckpt[key] is not None:
             out[key] = _plain(ckpt[key])
@@ -257,20 +265,11 @@ def slim_checkpoint(part: str, ckpt: Mapping[str, Any], *, source: str | os.Path
     return out
 
 
-def _finetuned(ckpt: Mapping[str, Any]) -> bool:
-    config = (ckpt.get("hyper_parameters") or {}).get("config") or {}
-    return bool(config.get("finetune_generator", False))
-
-
 def _generator_from_encoder(ckpt: Mapping[str, Any], *, part: str, source: Path) -> dict[str, Any]:
     """A slim t-GAN checkpoint holding an encoder checkpoint's jointly fine-tuned generator as ``G_ema``."""
-    config = ckpt.get(TGAN_CONFIG_KEY)
-    state = ckpt.get("state_dict") or {}
-    weights = {EMA_STATE_PREFIX + k[len("generator."):]: _own(v)
-               for k, v in state.items() if k.startswith("generator.")}
-    if not isinstance(config, Mapping) or not weights:
-        raise BundleError(f"{part}: {source}: fine-tuned generator without '{TGAN_CONFIG_KEY}' or generator.* tensors")
-    return {"hyper_parameters": {"part": part, "config": _plain(dict(config))}, "state_dict": weights}
+    config, weights = _wrap(part, source, lambda: encoder_generator_state(ckpt, path=source))
+    return {"hyper_parameters": {"part": part, "config": _plain(config)},
+            "state_dict": {EMA_STATE_PREFIX + k: _own(v) for k, v in weights.items()}}
 
 
 # --------------------------------------------------------------------------- loading the parts
@@ -321,7 +320,7 @@ def _load_objects(
             files["recon"], face_model, refine=refine))
         reconstructor.regressor.requires_grad_(False)
         reconstructor.to(device)
-    generator, _, _ = _wrap("tgan", files["tgan"], lambda: load_generator_checkpoint(
+    generator, _ = _wrap("tgan", files["tgan"], lambda: load_ema_generator(  # hashed by verify_bundle / build
         files["tgan"], part=TGAN_PART, map_location=device))
     encoder = _wrap("texture_encoder", files["texture_encoder"],
                     lambda: PSPEncoder.from_checkpoint(files["texture_encoder"], map_location=device))
@@ -521,7 +520,7 @@ def _infos(loaded: _Loaded, slim: Mapping[str, Mapping[str, Any]], *, generator_
         "tgan": {**_generator_info(loaded.generator), "weights_from": generator_from},
         "texture_encoder": {"num_ws": loaded.encoder.num_ws, "w_dim": loaded.encoder.w_dim,
                             "input_size": loaded.encoder.input_size, TGAN_SHA_KEY: encoder_ckpt.get(TGAN_SHA_KEY),
-                            "finetune_generator": _finetuned(encoder_ckpt)},
+                            "finetune_generator": finetunes_generator(encoder_ckpt)},
         "classifier": {"subjects": list(loaded.classifier.subjects), "input_size": loaded.classifier.input_size},
         "directions": {"subjects": list(loaded.directions.subjects), "num_ws": loaded.directions.num_ws,
                        "w_dim": loaded.directions.w_dim, "level": loaded.directions.level,
@@ -539,7 +538,7 @@ def _infos(loaded: _Loaded, slim: Mapping[str, Mapping[str, Any]], *, generator_
         infos["teeth_encoder"] = {"num_ws": loaded.teeth.encoder.num_ws, "w_dim": loaded.teeth.encoder.w_dim,
                                   "input_size": loaded.teeth.encoder.input_size,
                                   TGAN_SHA_KEY: teeth_ckpt.get(TGAN_SHA_KEY),
-                                  "finetune_generator": _finetuned(teeth_ckpt),
+                                  "finetune_generator": finetunes_generator(teeth_ckpt),
                                   "mouth_settings": dict(teeth_ckpt.get(MOUTH_SETTINGS_KEY) or {}),
                                   "generator_from": teeth_generator_from}
         if "teeth_tgan" in slim:
@@ -559,9 +558,7 @@ def _check_source(part: str, path: str | None) -> Path:
 
 def _checkpoint(part: str, source: Path) -> dict[str, Any]:
     ckpt = _wrap(part, source, lambda: load_checkpoint(source))
-    found = (ckpt.get("hyper_parameters") or {}).get("part") if isinstance(ckpt.get("hyper_parameters"), dict) else None
-    if found != _CKPT_PARTS[part]:
-        raise BundleError(f"{part}: {source}: checkpoint of part {found!r}, expected {_CKPT_PARTS[part]!r}")
+    _wrap(part, source, lambda: require_part(ckpt, _CKPT_PARTS[part], source))
     return ckpt
 
 
@@ -634,7 +631,7 @@ def build_bundle(
     raw = {part: _checkpoint(part, paths[part]) for part in paths if part in _CKPT_PARTS}
     slim = {part: slim_checkpoint(part, ckpt, source=paths[part]) for part, ckpt in raw.items()}
     generator_from = "tgan G_ema"
-    if _finetuned(raw["texture_encoder"]):
+    if finetunes_generator(raw["texture_encoder"]):
         slim["tgan"] = _generator_from_encoder(raw["texture_encoder"], part=TGAN_PART, source=paths["texture_encoder"])
         generator_from = "texture_encoder generator (fine-tuned jointly with the encoder)"
         notes.append("the texture encoder fine-tuned its generator: the bundled t-GAN is the encoder's generator")
@@ -647,7 +644,7 @@ def build_bundle(
                 raise BundleError(f"teeth_encoder: {paths['teeth_encoder']} was trained with the teeth t-GAN "
                                   f"checkpoint of sha256 {recorded}, but teeth_tgan {paths['teeth_tgan']} has "
                                   f"sha256 {source_sha['teeth_tgan']}")
-            if _finetuned(raw["teeth_encoder"]):
+            if finetunes_generator(raw["teeth_encoder"]):
                 del slim["teeth_tgan"]
                 notes.append("the teeth encoder fine-tuned its generator: the teeth t-GAN's G_ema is not bundled")
             else:
@@ -672,7 +669,7 @@ def build_bundle(
         entries = {part: {"file": f"{PARTS_DIR}/{PART_FILES[part]}", "sha256": sha256_file(path),
                           "size": path.stat().st_size, "source": str(paths[part].resolve()),
                           "source_sha256": source_sha[part],
-                          "part": slim[part]["hyper_parameters"]["part"] if part in slim else part,
+                          "part": checkpoint_part(slim[part]) if part in slim else part,
                           "info": infos.get(part, {})}
                    for part, path in files.items()}
         notes += _check_compatibility(loaded, files={part: paths[part] for part in files}, entries=entries,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import CheckpointError, load_checkpoint, require_part, state_dict_under
 from emoedit.face_model.camera import PerspectiveCamera
 from emoedit.face_model.morphable_model import MorphableModel
 from emoedit.networks.recon_regressor import ReconRegressor
@@ -229,8 +229,7 @@ def load_recon_regressor(path: str | os.PathLike[str], face_model: MorphableMode
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
         raise CheckpointError(f"{path}: no emoedit hyperparameters (not written by train.py?)")
-    if hparams.get("part") != RECON_PART:
-        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {RECON_PART!r}")
+    require_part(ckpt, RECON_PART, path)
     config = hparams["config"]
     state = ckpt.get("state_dict")
     if not isinstance(state, dict):
@@ -244,7 +243,7 @@ def load_recon_regressor(path: str | os.PathLike[str], face_model: MorphableMode
     regressor = ReconRegressor(
         backbone=backbone, id_size=layout.id, exp_size=layout.exp, tex_size=layout.tex, input_size=crop_size
     )
-    weights = {k[len(REGRESSOR_PREFIX):]: v for k, v in state.items() if k.startswith(REGRESSOR_PREFIX)}
+    weights = state_dict_under(state, REGRESSOR_PREFIX)
     expected = {name: tuple(t.shape) for name, t in regressor.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in weights.items()}
     problems = [f"{k}: missing" for k in expected if k not in found]

@@ -7,8 +7,14 @@ holds ``hyper_parameters = {"part", "config"}`` (the part's plain ``model`` conf
 :func:`load_generator_checkpoint` rebuilds a :class:`StyleGAN2Generator` from the config's
 architecture keys (:func:`generator_from_tgan_config`) and loads the ``G_ema.*`` tensors
 strictly (every tensor present, none extra, same shapes). Everything else in the file is
-ignored, so a slimmed file holding only ``G_ema.*`` (a pipeline bundle's) loads the same way.
-Files are read with ``torch.load(weights_only=True)``.
+ignored, so a slimmed file holding only ``G_ema.*`` (a pipeline bundle's) loads the same way
+(:func:`load_ema_generator` is the same without hashing the file).
+
+A texture or teeth encoder checkpoint carries the generator it was trained with (its
+``tgan_config`` and ``generator.*`` tensors; fine-tuned when ``model.finetune_generator``):
+:func:`load_encoder_generator` rebuilds it, :func:`encoder_generator_state` returns its
+config and tensors (what a bundle slims), :func:`finetunes_generator` says whether it was
+trained jointly. Files are read with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ from typing import Any, Mapping
 import torch
 
 from emoedit.atomic_io import sha256_file
-from emoedit.checkpoint_io import CheckpointError, load_checkpoint
+from emoedit.checkpoint_io import (
+    CheckpointError,
+    checkpoint_part,
+    load_checkpoint,
+    require_part,
+    state_dict_under,
+)
 from emoedit.networks.psp_encoder import load_matching
 from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 
@@ -28,6 +40,10 @@ from emoedit.networks.stylegan2.generator import StyleGAN2Generator
 GENERATOR_PARTS: tuple[str, ...] = ("tgan", "teeth_tgan")
 #: Prefix of the EMA generator's tensors in such a checkpoint's ``state_dict``.
 EMA_STATE_PREFIX = "G_ema."
+#: Keys of an encoder checkpoint (``train.py texture_encoder`` / ``teeth_encoder``) that carry the generator
+#: it was trained with: the t-GAN's model config and the generator's ``state_dict`` prefix.
+ENCODER_TGAN_CONFIG_KEY = "tgan_config"
+ENCODER_GENERATOR_PREFIX = "generator."
 
 
 def generator_from_tgan_config(
@@ -62,20 +78,19 @@ def generator_config_of(ckpt: Mapping[str, Any], *, part: str, path: str | os.Pa
     hparams = ckpt.get("hyper_parameters")
     if not isinstance(hparams, dict) or not isinstance(hparams.get("config"), dict):
         raise CheckpointError(f"{path}: no emoedit hyperparameters (not a {part} checkpoint written by train.py?)")
-    if hparams.get("part") != part:
-        raise CheckpointError(f"{path}: checkpoint of part {hparams.get('part')!r}, expected {part!r}")
+    require_part(ckpt, part, path)
     return dict(hparams["config"])
 
 
-def load_generator_checkpoint(
+def load_ema_generator(
     path: str | os.PathLike,  # a tgan / teeth_tgan .ckpt written by train.py (or a slimmed copy)
     *,
     part: str,  # expected part name: "tgan" or "teeth_tgan"
     map_location: str | torch.device = "cpu",  # device of the loaded tensors
     num_bf16_res: int | None = 0,  # generator numerics (0 = float32); None = the checkpoint config's own
     channels_last: bool | None = False,  # activation layout; None = the checkpoint config's own
-) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
-    """``(G_ema in eval mode with requires_grad False, the t-GAN model config, the file's sha256)``.
+) -> tuple[StyleGAN2Generator, dict[str, Any]]:
+    """``(G_ema in eval mode with requires_grad False, the t-GAN model config)``; the file is not hashed.
 
     ``G_ema`` is rebuilt from the checkpoint's ``hyper_parameters["config"]`` and its
     ``G_ema.*`` tensors are loaded strictly. Raises :class:`CheckpointError` naming the
@@ -93,17 +108,86 @@ def load_generator_checkpoint(
         generator = generator_from_tgan_config(config, num_bf16_res=bf16, channels_last=layout)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    weights = {k[len(EMA_STATE_PREFIX):]: v for k, v in state.items() if k.startswith(EMA_STATE_PREFIX)}
+    weights = state_dict_under(state, EMA_STATE_PREFIX)
     load_matching(generator, weights, source=f"{path}: G_ema")
     generator.to(map_location)
     generator.eval().requires_grad_(False)
+    return generator, config
+
+
+def load_generator_checkpoint(
+    path: str | os.PathLike,  # a tgan / teeth_tgan .ckpt written by train.py (or a slimmed copy)
+    *,
+    part: str,  # expected part name: "tgan" or "teeth_tgan"
+    map_location: str | torch.device = "cpu",  # device of the loaded tensors
+    num_bf16_res: int | None = 0,  # generator numerics (0 = float32); None = the checkpoint config's own
+    channels_last: bool | None = False,  # activation layout; None = the checkpoint config's own
+) -> tuple[StyleGAN2Generator, dict[str, Any], str]:
+    """``(G_ema in eval mode with requires_grad False, the t-GAN model config, the file's sha256)``.
+
+    :func:`load_ema_generator` plus the file's SHA-256 (what an encoder records of its t-GAN).
+    """
+    generator, config = load_ema_generator(path, part=part, map_location=map_location, num_bf16_res=num_bf16_res,
+                                           channels_last=channels_last)
     return generator, config, sha256_file(path)
+
+
+# --------------------------------------------------------------------------- an encoder's own generator
+def finetunes_generator(ckpt: Mapping[str, Any]) -> bool:
+    """Whether an encoder checkpoint (texture / teeth encoder) trained its generator jointly
+    (``model.finetune_generator`` of its config)."""
+    hparams = ckpt.get("hyper_parameters")
+    config = hparams.get("config") if isinstance(hparams, Mapping) else None
+    return bool(config.get("finetune_generator", False)) if isinstance(config, Mapping) else False
+
+
+def encoder_generator_state(
+    ckpt: Mapping[str, Any],  # a loaded texture_encoder / teeth_encoder checkpoint dict
+    *,
+    path: str | os.PathLike,  # its file, named in errors
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(the t-GAN model config, the generator's tensors without the "generator." prefix)`` that an
+    encoder checkpoint carries (its ``tgan_config`` and ``state_dict["generator.*"]``).
+
+    Raises :class:`CheckpointError` naming ``path`` when either is missing.
+    """
+    config = ckpt.get(ENCODER_TGAN_CONFIG_KEY)
+    state = ckpt.get("state_dict")
+    weights = state_dict_under(state, ENCODER_GENERATOR_PREFIX) if isinstance(state, Mapping) else {}
+    if not isinstance(config, Mapping) or not weights:
+        raise CheckpointError(f"{path}: {checkpoint_part(ckpt) or 'encoder'} checkpoint without '{ENCODER_TGAN_CONFIG_KEY}' or "
+                              f"{ENCODER_GENERATOR_PREFIX}* tensors (the generator it was trained with)")
+    return dict(config), weights
+
+
+def load_encoder_generator(
+    ckpt: Mapping[str, Any],  # a loaded texture_encoder / teeth_encoder checkpoint dict
+    *,
+    path: str | os.PathLike,  # its file, named in errors
+    map_location: str | torch.device = "cpu",  # device of the generator
+    num_bf16_res: int = 0,  # generator numerics (0 = float32)
+) -> StyleGAN2Generator:
+    """The generator an encoder checkpoint carries (:func:`encoder_generator_state`), rebuilt from
+    its t-GAN config and loaded strictly, in eval mode (gradients left as they are)."""
+    config, weights = encoder_generator_state(ckpt, path=path)
+    try:
+        generator = generator_from_tgan_config(config, num_bf16_res=num_bf16_res)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    load_matching(generator, weights, source=f"{path}: {checkpoint_part(ckpt) or 'encoder'} generator")
+    return generator.to(map_location).eval()
 
 
 __all__ = [
     "EMA_STATE_PREFIX",
+    "ENCODER_GENERATOR_PREFIX",
+    "ENCODER_TGAN_CONFIG_KEY",
     "GENERATOR_PARTS",
+    "encoder_generator_state",
+    "finetunes_generator",
     "generator_config_of",
     "generator_from_tgan_config",
+    "load_ema_generator",
+    "load_encoder_generator",
     "load_generator_checkpoint",
 ]
