@@ -21,7 +21,8 @@ Frame pixels where the warped weight is 0 are returned unchanged (bit for bit).
 **Warp compositing** (:meth:`FaceCompositor.warp`, ``texture_mode="warp"`` of the editor)
 renders nothing from a texture. It moves the frame's own pixels with the mesh: the
 edited mesh is rasterised in the frame (in a window around the face, at the frame's own
-resolution), and each covered pixel takes the colour of the *same surface point* (same
+resolution, or at most ``warp_raster_side`` pixels a side with the warp field upsampled), and
+each covered pixel takes the colour of the *same surface point* (same
 triangle, same screen-space barycentric coordinates: a piecewise-affine image warp) in the
 frame under the source (unedited) coefficients, bilinearly sampled. The t-GAN's texture change ``G(x′) − G(x)`` is then
 rendered in the edited geometry and added. So the frame's detail is kept at full
@@ -53,6 +54,7 @@ DEFAULT_ERODE_FRACTION = 0.02  # erosion of the paste mask, as a fraction of the
 DEFAULT_FEATHER_FRACTION = 0.02  # width of the soft edge (2σ of the blur), as a fraction of the texture crop side
 MOUTH_CLOSE_DILATE_PX = 1.0  # growth of the inner-lip polygon that closes the mouth hole, crop pixels
 WARP_DEPTH_TOLERANCE = 0.02  # a surface point counts as visible in the source frame within this depth, model units
+WARP_RASTER_SIDE = 256  # warp: the face window is rasterised with at most this many pixels on its longer side
 
 
 def project_face(
@@ -140,6 +142,7 @@ class FaceCompositor(nn.Module):
         erode_px: float | None = None,  # paste-mask erosion, crop pixels; None: DEFAULT_ERODE_FRACTION · S
         feather_px: float | None = None,  # paste-mask soft edge, crop pixels; None: DEFAULT_FEATHER_FRACTION · S
         backend: str = "auto",  # rasteriser backend (make_rasterizer)
+        warp_raster_side: int = WARP_RASTER_SIDE,  # warp: raster side cap, pixels (the frame is sampled at full size)
     ) -> None:
         super().__init__()
         if crop_size < 8:
@@ -153,6 +156,9 @@ class FaceCompositor(nn.Module):
         # Warp: screen-space barycentrics, so each triangle maps affinely onto its source (piecewise-affine
         # image warp) and an unmoved mesh samples every pixel at its own centre.
         self.warp_rasterizer = make_rasterizer(backend, cull_backfaces=True, perspective_correct=False)
+        if warp_raster_side < 8:
+            raise ValueError(f"FaceCompositor: warp_raster_side must be >= 8, got {warp_raster_side}")
+        self.warp_raster_side = int(warp_raster_side)
 
     @torch.no_grad()
     def render(
@@ -222,28 +228,45 @@ class FaceCompositor(nn.Module):
         h, w = y1 - y0 + 1, x1 - x0 + 1
         shift = edited.new_tensor([x0, y0, 0.0])
         triangles = model.triangles
-        edited_fragments = self.warp_rasterizer(edited - shift, triangles, (h, w))
-        source_fragments = self.warp_rasterizer(source - shift, triangles, (h, w))
+        # Rasterise at most warp_raster_side pixels a side: the warp field is piecewise affine, so it is
+        # upsampled to the window's own resolution, and the frame is then sampled at full resolution.
+        # Raster pixel (i, j) sits at window position (j·sx, i·sy) (align_corners: corners coincide).
+        factor = min(1.0, self.warp_raster_side / max(h, w))
+        rh, rw = max(2, round(h * factor)), max(2, round(w * factor))
+        to_raster = edited.new_tensor([(rw - 1) / max(w - 1, 1), (rh - 1) / max(h - 1, 1), 1.0])
+        edited_fragments = self.warp_rasterizer((edited - shift) * to_raster, triangles, (rh, rw))
+        source_fragments = self.warp_rasterizer((source - shift) * to_raster, triangles, (rh, rw))
 
-        # Where each covered pixel's surface point sits in the source frame (window pixels, depth).
-        where = interpolate_vertex_attributes(edited_fragments, triangles, source - shift)  # (B, h, w, 3)
-        covered = edited_fragments.mask
-        grid_window = torch.stack([where[..., 0] * (2.0 / max(w - 1, 1)) - 1.0,
-                                   where[..., 1] * (2.0 / max(h - 1, 1)) - 1.0], dim=-1)
+        # Where each covered raster pixel's surface point sits in the source frame (window pixels, depth).
+        where = interpolate_vertex_attributes(edited_fragments, triangles, source - shift)  # (B, rh, rw, 3)
+        normalised = torch.stack([where[..., 0] * (2.0 / max(w - 1, 1)) - 1.0,
+                                  where[..., 1] * (2.0 / max(h - 1, 1)) - 1.0], dim=-1)
         far = torch.finfo(where.dtype).max
-        source_depth = torch.where(source_fragments.mask, source_fragments.zbuf, torch.full_like(source_fragments.zbuf, far))
-        front = F.grid_sample(source_depth[:, None], grid_window, mode="nearest", padding_mode="border",
+        source_depth = torch.where(source_fragments.mask, source_fragments.zbuf,
+                                   torch.full_like(source_fragments.zbuf, far))
+        front = F.grid_sample(source_depth[:, None], normalised, mode="nearest", padding_mode="border",
                               align_corners=True)[:, 0]
-        visible = covered & (where[..., 2] <= front + WARP_DEPTH_TOLERANCE)
+        visible = edited_fragments.mask & (where[..., 2] <= front + WARP_DEPTH_TOLERANCE)  # (B, rh, rw)
+        fields = [where[..., :2]]
+        if change_texture is not None:
+            fields.append(interpolate_vertex_attributes(edited_fragments, triangles, model.uv_coords.to(where.dtype)))
+        field = torch.cat(fields, dim=-1).permute(0, 3, 1, 2)  # (B, 2 or 4, rh, rw)
+        if (rh, rw) != (h, w):  # normalised upsampling: only covered raster pixels contribute
+            weight = visible[:, None].to(field.dtype)
+            both = F.interpolate(torch.cat([field * weight, weight], dim=1), size=(h, w), mode="bilinear",
+                                 align_corners=True)
+            weight = both[:, -1:]
+            field = both[:, :-1] / weight.clamp_min(1e-6)
+            visible = weight[:, 0] > 0.5
 
         # Sample the frame there (frame coordinates: window + offset).
-        grid_frame = torch.stack([(where[..., 0] + x0) * (2.0 / max(width - 1, 1)) - 1.0,
-                                  (where[..., 1] + y0) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)
+        grid_frame = torch.stack([(field[:, 0] + x0) * (2.0 / max(width - 1, 1)) - 1.0,
+                                  (field[:, 1] + y0) * (2.0 / max(height - 1, 1)) - 1.0], dim=-1)
         face = F.grid_sample(frames, grid_frame.to(frames.dtype), mode="bilinear", padding_mode="border",
                              align_corners=True)
         if change_texture is not None:
-            uv = interpolate_vertex_attributes(edited_fragments, triangles, model.uv_coords.to(where.dtype))
-            change = F.grid_sample(change_texture.to(where.dtype), uv * 2.0 - 1.0, mode="bilinear",
+            uv = field[:, 2:4].permute(0, 2, 3, 1)
+            change = F.grid_sample(change_texture.to(uv.dtype), uv * 2.0 - 1.0, mode="bilinear",
                                    padding_mode="border", align_corners=True)
             face = face + change.to(face.dtype)
         face = face.clamp(0.0, 1.0)
