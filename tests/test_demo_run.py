@@ -69,7 +69,7 @@ def test_demo_writes_every_output(demo_run) -> None:
             assert math.isfinite(entry["image"][side]["psnr_db"])
         assert set(entry["refit"]) == {"output", "input", "truth_video"}
         assert entry["truth"].startswith("video ")  # levels 1 and 3 are stored ground-truth edits
-    assert "face PSNR" in summary.table and "re-render only" in summary.table
+    assert "face PSNR" in summary.table and "no edit" in summary.table
     assert (out / "edits" / "ablations" / "no_edit" / "happy_1.00.mp4").is_file()
     assert [r["name"] for r in evaluation["ablations"]["rows"]] == ["full", "no_edit", "input"]
     body = json.loads(summary.summary_file.read_text())
