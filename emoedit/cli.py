@@ -183,6 +183,13 @@ def _cmd_directions(args: argparse.Namespace) -> None:
 
         subjects = list(SubjectClassifier.from_checkpoint(args.classifier).subjects)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    excluded: list[str] = []
+    if args.exclude_clips:
+        path = Path(args.exclude_clips)
+        try:
+            excluded = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as err:
+            raise CliError(f"--exclude-clips {path}: {err.strerror or err}") from None
     result = run_directions(
         args.cache,
         args.encoder,
@@ -195,6 +202,7 @@ def _cmd_directions(args: argparse.Namespace) -> None:
         missing=args.missing,
         emotions=_csv(args.emotions),
         num_workers=args.num_workers,
+        exclude_clips=excluded,
     )
     print(result.describe())
     print(f"wrote {args.out}")
@@ -304,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument("--missing", choices=["error", "mean"], default="error",
                             help="a subject without some emotion: error, or the mean of the other subjects' directions")
     directions.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading shards")
+    directions.add_argument("--exclude-clips", metavar="FILE",
+                            help="text file of clip ids (the cache's 'clip' metadata), one per line, to leave out")
     directions.set_defaults(func=_cmd_directions)
 
     fm = sub.add_parser("face-model", help="face model files: conversion, export, inspection")

@@ -260,3 +260,14 @@ def test_run_directions_end_to_end(tmp_path):
                                 [i["level"] for i in items], solve_emotions=["happy", "angry"])
     assert torch.allclose(loaded.directions, expected.directions, atol=1e-5)
     assert loaded.directions[:, :2].abs().sum() > 0
+
+    # Held-out clips can be left out; a clip id the cache lacks is an error, not silently nothing.
+    held_out = "M002/front/angry/level_3/001"
+    partial = run_directions(cache, ckpt, tmp_path / "partial.pt", "cpu", 5, emotions=["happy", "angry"],
+                             missing="mean", exclude_clips=[held_out])
+    m002, angry = partial.subjects.index("M002"), 1
+    assert partial.filled[m002, angry] and partial.filled.sum() == 1  # M002's angry came from the others' mean
+    assert partial.counts[m002, angry] == 0 and partial.extra["excluded_clips"] == 1
+    assert torch.allclose(partial.directions[:, 0], loaded.directions[:, 0], atol=1e-5)  # happy untouched
+    with pytest.raises(DirectionsError, match="does not hold"):
+        run_directions(cache, ckpt, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], exclude_clips=["M009/nope"])

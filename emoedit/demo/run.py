@@ -284,32 +284,22 @@ class _Demo:
         """Eq. 5 from the training records only (neutral + level 3 of the training subjects' front training clips)."""
         import torch
 
-        from emoedit.atomic_io import sha256_file
         from emoedit.data.cache import CacheReader
-        from emoedit.editing.directions import DirectionAccumulator, encode_cache
+        from emoedit.editing.directions import run_directions
         from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, NEUTRAL
-        from emoedit.networks.psp_encoder import PSPEncoder
 
-        encoder_ckpt = self.checkpoint("texture_encoder")
         device = "cuda" if self.preset.device == "cuda" and torch.cuda.is_available() else "cpu"
-        encoder = PSPEncoder.from_checkpoint(encoder_ckpt).to(device).eval()
-        reader = CacheReader.open(self.cache_dir / "textures", kind="textures")
+        cache = self.cache_dir / "textures"
         subjects = list(self.world.train_subjects)
-        index = reader.records().where(view="front", subject=subjects)
-        index = index.select(~index.mask("clip", self.eval_clip_ids()))
+        index = CacheReader.open(cache, kind="textures").records().where(view="front", subject=subjects)
+        excluded = self.eval_clip_ids()
+        index = index.select(~index.mask("clip", excluded))
         index = index.select(index.mask("emotion", NEUTRAL) | index.mask("level", MAX_LEVEL))
-        accumulator = DirectionAccumulator(num_ws=encoder.num_ws, w_dim=encoder.w_dim, level=MAX_LEVEL)
-        with torch.no_grad():
-            for batch in encode_cache(reader, encoder, index=index, batch_size=64, device=device):
-                accumulator.add(batch.wplus, batch.subjects, batch.emotions, batch.levels)
         present = sorted({str(e) for e in index.unique("emotion") if e != NEUTRAL}, key=EMOTIONS.index)
-        result = accumulator.solve(subjects=subjects, emotions=present, missing="error",
-                                   encoder_sha256=sha256_file(encoder_ckpt),
-                                   extra={"cache": str(self.cache_dir / "textures"),
-                                          "encoder_checkpoint": str(encoder_ckpt),
-                                          "excluded_clips": "every evaluation clip of the world's split"})
         path = self.out / "directions.pt"
-        result.save(path)
+        result = run_directions(cache, self.checkpoint("texture_encoder"), path, device=device, batch_size=64,
+                                subjects=subjects, views=("front",), level=MAX_LEVEL, emotions=present,
+                                exclude_clips=excluded)
         return StageResult(outputs={"records": len(index), "subjects": len(subjects), "emotions": present,
                                     "describe": result.describe()}, files=("directions.pt",))
 

@@ -469,9 +469,10 @@ def run_directions(
     emotions: Sequence[str] | None = None,  # emotions to solve; None = all of EMOTIONS
     num_workers: int = 0,  # DataLoader workers reading shards
     verify_checksums: bool = True,  # verify each shard's SHA-256 on first load
+    exclude_clips: Sequence[str] = (),  # clip ids (the cache's "clip" metadata) left out, e.g. held-out evaluation clips
 ) -> EditDirections:
     """``emoedit directions``: encode the cache's neutral and level-``level`` textures of
-    ``subjects`` and write eq. 5's directions to ``out``. Returns what was written."""
+    ``subjects`` (minus ``exclude_clips``) and write eq. 5's directions to ``out``. Returns what was written."""
     from emoedit.data.cache import CacheReader
     from emoedit.networks.psp_encoder import PSPEncoder
 
@@ -488,6 +489,14 @@ def run_directions(
         if absent:
             raise DirectionsError(f"{reader.root}: subjects {absent[:5]} have no textures (views {views})")
         index = index.where(subject=list(subjects))
+    if exclude_clips:
+        if "clip" not in index.names:
+            raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
+        unknown = sorted({str(c) for c in exclude_clips} - {str(c) for c in reader.records().unique("clip")})
+        if unknown:
+            raise DirectionsError(f"{reader.root}: clips to exclude that the cache does not hold: {unknown[:5]}"
+                                  + (f" ... ({len(unknown)} in all)" if len(unknown) > 5 else ""))
+        index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
     keep = index.mask("emotion", NEUTRAL) | index.mask("level", int(level))
     index = index.select(keep)
     if len(index) == 0:
@@ -501,7 +510,7 @@ def run_directions(
     result = accumulator.solve(
         subjects=subjects, emotions=emotions, missing=missing, encoder_sha256=sha256_file(encoder_ckpt),
         extra={"cache": str(Path(cache).resolve()), "views": None if views is None else list(views),
-               "encoder_checkpoint": str(Path(encoder_ckpt).resolve())},
+               "encoder_checkpoint": str(Path(encoder_ckpt).resolve()), "excluded_clips": len(exclude_clips)},
     )
     result.save(out)
     return result
