@@ -19,17 +19,17 @@ so it already carries the shading. The render is pasted back into the full frame
 Frame pixels where the warped weight is 0 are returned unchanged (bit for bit).
 
 **Warp compositing** (:meth:`FaceCompositor.warp`, ``texture_mode="warp"`` of the editor)
-renders nothing from a texture. It moves the frame's own pixels with the mesh: the
-edited mesh is rasterised in the frame (in a window around the face, at the frame's own
-resolution, or at most ``warp_raster_side`` pixels a side with the warp field upsampled), and
-each covered pixel takes the colour of the *same surface point* (same
-triangle, same screen-space barycentric coordinates: a piecewise-affine image warp) in the
-frame under the source (unedited) coefficients, bilinearly sampled. The t-GAN's texture change ``G(x′) − G(x)`` is then
-rendered in the edited geometry and added. So the frame's detail is kept at full
-resolution (no frame → UV → frame resampling), an unedited frame comes back unchanged
-(to float rounding), and only what the edit changes changes. Surface points hidden in the
-source frame (behind the face itself: depth test against the source mesh's z-buffer) have
-no colour to borrow; they get weight 0 and show the frame.
+renders nothing from a texture. It moves the frame's own pixels with the mesh: the edited
+mesh is rasterised in a window of the frame around the face (at the window's own resolution,
+or at most ``warp_raster_side`` pixels a side with the warp field upsampled), and each
+covered pixel takes the colour of the *same surface point* (same triangle, same screen-space
+barycentric coordinates: a piecewise-affine image warp) in the frame under the source
+(unedited) coefficients, bilinearly sampled at the frame's full resolution. The t-GAN's
+texture change ``G(x′) − G(x)`` is then rendered in the edited geometry and added. So the
+frame's detail is kept (no frame → UV → frame resampling), an unedited frame comes back
+unchanged (to float rounding), and only what the edit changes changes. Surface points hidden
+in the source frame (behind the face itself: depth test against the source mesh's z-buffer)
+have no colour to borrow; they get weight 0 and show the frame.
 """
 
 from __future__ import annotations
