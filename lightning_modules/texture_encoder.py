@@ -51,12 +51,12 @@ from emoedit.losses.perceptual import NETS as LPIPS_NETS
 from emoedit.losses.perceptual import LPIPSLoss
 from emoedit.networks.psp_encoder import ENCODER_KWARGS_KEY, TEXTURE_ENCODER_PART, PSPEncoder
 from emoedit.networks.stylegan2 import StyleGAN2Generator
-from emoedit.networks.stylegan2.checkpoint import load_generator_checkpoint
+from emoedit.networks.stylegan2.checkpoint import ENCODER_TGAN_CONFIG_KEY, load_generator_checkpoint
 from emoedit.shape_checks import assert_shape
 from lightning_modules.base import EmoeditSystem
 
 TGAN_PART = "tgan"
-TGAN_CONFIG_KEY = "tgan_config"
+TGAN_CONFIG_KEY = ENCODER_TGAN_CONFIG_KEY  # the generator's model config, saved in the encoder's checkpoint
 TGAN_SHA_KEY = "tgan_checkpoint_sha256"
 NOISE_MODES = ("const", "random", "none")
 
