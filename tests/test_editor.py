@@ -573,3 +573,15 @@ def test_warp_mode_edits_off_leave_the_face_as_it_was(clip, tmp_path, capture):
         quiet(teeth_gate=0.1, texture_mode="residual")
     with pytest.raises(EditError, match="teeth_gate"):
         quiet(teeth_gate=-1.0, texture_mode="warp")
+
+
+def test_teeth_gate_skips_frames_whose_lips_did_not_move(clip, tmp_path, capture):
+    # Without a shape edit the lips stay put: the gate is 0 everywhere, so teeth completion changes nothing.
+    run(clip, tmp_path / "gated.mp4", "happy 1.0", texture_mode="warp", edit_shape=False, teeth_gate=0.1, crf=0)
+    gated = np.concatenate(capture.frames)
+    capture.frames.clear()
+    run(clip, tmp_path / "none.mp4", "happy 1.0", texture_mode="warp", edit_shape=False, teeth=False, crf=0)
+    assert np.array_equal(gated, np.concatenate(capture.frames))
+    capture.frames.clear()
+    run(clip, tmp_path / "always.mp4", "happy 1.0", texture_mode="warp", edit_shape=False, crf=0)
+    assert not np.array_equal(gated, np.concatenate(capture.frames)), "ungated completion does change the mouth"

@@ -522,16 +522,16 @@ class VideoEditor:
     def _chunk_textures(
         self, frames: Tensor, rows: Tensor, transform: CropTransform, analysis: VideoAnalysis, plan: EditPlan,
         timer: StageTimer,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor | None, Tensor | None]:
         """``(texture to render (B, 3, T', T') in [0, 1], extracted texture (B, 3, T, T) or None)``.
 
-        Warp mode: ``(texture change G(x′) − G(x0) (B, 3, R, R) in [−1, 1] or zeros (B, 3, 1, 1) without a
-        texture edit, None)``.
+        Warp mode: ``(texture change G(x′) − G(x0) (B, 3, R, R) in [−1, 1], or None without a texture edit,
+        None)``.
         """
         options = self.options
         if options.texture_mode == "warp":
             if not options.edit_texture:
-                return frames.new_zeros(frames.shape[0], 3, 1, 1), None
+                return None, None
             assert plan.wplus is not None and plan.wplus_source is not None
             with timer("generator"), torch.no_grad():
                 both = self._decode_textures(torch.cat([plan.wplus[rows], plan.wplus_source[rows]]))
@@ -586,8 +586,11 @@ class VideoEditor:
                                                           change_texture=uv_texture)
                         edited, landmarks = warped.frames.clamp_(0.0, 1.0), warped.landmarks
                         shown, shown_mask = warped.face, warped.paste_mask
-                        uv_texture = uv_texture.add(1.0).div(2.0)  # for the intermediates: 0.5 = no change
+                        # For the intermediates: the change as an image, 0.5 = no change.
+                        uv_texture = (frames.new_full((frames.shape[0], 3, 1, 1), 0.5) if uv_texture is None
+                                      else uv_texture.add(1.0).div(2.0))
                     else:
+                        assert uv_texture is not None
                         with timer("render"):
                             render = self.compositor.render(plan.coeffs[rows].to(self.device), uv_texture)
                         with timer("paste"):
@@ -597,13 +600,18 @@ class VideoEditor:
                     if teeth_on:
                         assert self.parts.teeth is not None
                         with timer("teeth"):
-                            completed = self.parts.teeth(edited, landmarks).frames.clamp_(0.0, 1.0)
                             if self.options.texture_mode == "warp" and self.options.teeth_gate > 0:
+                                # Only frames whose lips the edit moved go through the teeth networks.
                                 gate = teeth_gate(warped.landmarks, warped.source_landmarks,
                                                   self.options.teeth_gate)
-                                edited = edited + gate[:, None, None, None].to(edited) * (completed - edited)
+                                active = torch.nonzero(gate > 0).flatten()
+                                if active.numel():
+                                    moved = edited[active]
+                                    completed = self.parts.teeth(moved, landmarks[active]).frames.clamp_(0.0, 1.0)
+                                    weight = gate[active][:, None, None, None].to(moved)
+                                    edited[active] = moved + weight * (completed - moved)
                             else:
-                                edited = completed
+                                edited = self.parts.teeth(edited, landmarks).frames.clamp_(0.0, 1.0)
                     with timer("paste"):
                         output[local] = to_uint8(edited).permute(0, 2, 3, 1).cpu().numpy()
                     if intermediates is not None:
