@@ -20,8 +20,6 @@ from emoedit.demo.evaluation_lane import (
     EvaluationLane,
     build_evaluate_config,
     forget_if_changed,
-    merge_set_results,
-    per_set_configs,
 )
 from emoedit.demo.presets import (
     DEMO,
@@ -94,9 +92,7 @@ def test_evaluate_config_points_into_the_output_folder(tmp_path: Path) -> None:
     assert cfg.sets == ["seen", "unseen_subjects"] and cfg.strict and not cfg.progress
     assert (cfg.max_frames, cfg.frame_stride) == (DEMO.evaluate.max_frames, DEMO.evaluate.frame_stride)
     assert cfg.monotonicity.items == DEMO.evaluate.monotonicity_items and cfg.monotonicity.enabled
-    per_set = per_set_configs(cfg, DEMO.evaluate)
-    assert [(c.sets, c.max_items) for c in per_set] == [(["seen"], 14), (["unseen_subjects"], 7)]
-    assert all(c.out == cfg.out for c in per_set)  # one row store
+    assert cfg.max_items is None and cfg.items_per_set == {"seen": 14, "unseen_subjects": 7}
     # relative to a working directory that holds the folder; absolute otherwise
     rel = build_evaluate_config(out, QUICK.evaluate, sets=["seen"], cwd=tmp_path)
     assert rel.bundle == "somewhere/run/bundle" and rel.monotonicity.enabled == (QUICK.evaluate.monotonicity_items > 0)
@@ -119,7 +115,7 @@ def test_default_out_matches_configs_evaluate_demo_yaml() -> None:
         assert lane[key] == file[key], key
     assert lane["out"] == file["out"] == "outputs/demo/evaluate"
     assert lane["methods"] == file["methods"] and lane["sets"] == file["sets"]
-    assert yaml.max_items == DEMO.evaluate.seen_items
+    assert yaml.items_per_set == DEMO.evaluate.max_items()
     # "ours" is edited as `make demo` edits.
     assert (yaml.edit.texture_mode, yaml.edit.teeth_gate) == (DEMO.edit.texture_mode, DEMO.edit.teeth_gate)
 
@@ -204,23 +200,6 @@ def test_forget_if_changed(tmp_path: Path) -> None:
     assert not folder.exists() and runner.read_stamp("train_stargan") is None
     assert runner.is_done("train_stargan", {"steps": 4}) is None  # runs again, no StageSettingsError
     assert not forget_if_changed(runner, "never_ran", {"a": 1}, [])
-
-
-def test_merge_set_results() -> None:
-    def part(set_name: str, note: str, seconds: float) -> dict:
-        return {"sets": {set_name: {"items": 2, "counts": {"ours": 2}}}, "notes": ["shared", note], "failures": [],
-                "run": {"seconds_this_call": seconds, "produced_this_call": 3, "scored_this_call": 4},
-                "config": {"sets": [set_name], "max_items": 2}, "skipped": []}
-
-    merged = merge_set_results([part("seen", "a", 1.0), part("unseen_subjects", "b", 2.0)],
-                               max_items={"seen": 14, "unseen_subjects": 7}, dropped=["unseen_views"])
-    assert list(merged["sets"]) == ["seen", "unseen_subjects"]
-    assert merged["notes"][:3] == ["shared", "a", "b"] and "unseen_views" in merged["notes"][3]
-    assert merged["run"]["seconds_this_call"] == 3.0 and merged["run"]["produced_this_call"] == 6
-    assert merged["config"]["max_items"] == {"seen": 14, "unseen_subjects": 7}
-    from emoedit.evaluation.tables import format_report
-
-    assert "## Set `unseen_subjects`" in format_report(merged)
 
 
 def test_evaluate_refused_for_a_preset_without_a_plan(tmp_path: Path) -> None:

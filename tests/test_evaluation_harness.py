@@ -339,6 +339,18 @@ def test_method_names_and_config_errors(tiny_world: Path) -> None:
         load_evaluate_config(None, ["max_items=3"])
     cfg = load_evaluate_config(None, [f"world={tiny_world}", "methods=[ours, StarGAN]", "sets=seen"])
     assert cfg.methods == ["ours", "StarGAN"] and cfg.sets == ["seen"]
+    # Per-set item counts override max_items for their set only; a misspelled set or a count < 1 is an error.
+    from emoedit.data.synthetic import SyntheticWorld
+    from emoedit.evaluation.harness import set_items
+
+    per_set = load_evaluate_config(None, [f"world={tiny_world}", "sets=seen,unseen_views", "max_items=3",
+                                          "items_per_set={seen: 1}"])
+    counts = {s: len(v) for s, v in set_items(SyntheticWorld.open(tiny_world), per_set).items()}
+    assert counts["seen"] == 1 and counts["unseen_views"] == min(3, len(evaluation_items(
+        SyntheticWorld.open(tiny_world), "unseen_views")))
+    for bad in ("items_per_set={sen: 1}", "items_per_set.seen=0"):
+        with pytest.raises(ConfigError, match="items_per_set"):
+            load_evaluate_config(None, [f"world={tiny_world}", bad])
     mask = crop_paste_mask(20)
     assert mask.shape == (1, 1, 20, 20) and float(mask[0, 0, 10, 10]) == 1.0 and float(mask[0, 0, 0, 0]) < 0.05
 

@@ -35,7 +35,6 @@ removed first, and so, through the nested settings, are the lane stages after it
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -44,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from emoedit.atomic_io import atomic_write_text
 from emoedit.demo.presets import EVALUATION_JOB_DEPENDENCIES, EVALUATION_JOB_PARTS, EvaluationPlan, json_ready
 from emoedit.demo.stages import (
     StageResult,
@@ -106,8 +104,7 @@ def build_evaluate_config(
 ) -> EvaluateConfig:
     """The harness config of the lane: ``config_file`` with every path pointed into ``out_dir``.
 
-    ``max_items`` is the largest per-set count of ``plan`` (:func:`per_set_configs` narrows it
-    per set). With ``cwd`` = the repository root and ``out_dir`` = ``outputs/demo`` the paths
+    The item counts are ``plan``'s, per set (``items_per_set``). With ``cwd`` = the repository root and ``out_dir`` = ``outputs/demo`` the paths
     are exactly ``configs/evaluate/demo.yaml``'s, so ``emoedit evaluate --config
     configs/evaluate/demo.yaml`` continues the lane's ``evaluate/`` folder.
     """
@@ -131,51 +128,12 @@ def build_evaluate_config(
                           identity=spell(job_checkpoint(out, "judge_identity"))),
         baselines=BaselineFiles(**{field: spell(job_checkpoint(out, job)) for job, field in _BASELINE_FIELDS.items()},
                                 psp_directions=spell(out / DIRECTIONS_FILE)),
-        sets=list(sets), max_items=max(counts[s] for s in sets), max_frames=plan.max_frames,
+        sets=list(sets), max_items=None, items_per_set={s: counts[s] for s in sets}, max_frames=plan.max_frames,
         frame_stride=plan.frame_stride, device=device, progress=progress, strict=True,
         monotonicity=dataclasses.replace(base.monotonicity, enabled=plan.monotonicity_items > 0,
                                          items=max(1, plan.monotonicity_items)),
     )
     return check_config(cfg)
-
-
-def per_set_configs(cfg: EvaluateConfig, plan: EvaluationPlan) -> list[EvaluateConfig]:
-    """One config per set of ``cfg`` with that set's ``max_items`` (same out folder: one row store)."""
-    counts = plan.max_items()
-    return [dataclasses.replace(cfg, sets=[s], max_items=counts[s]) for s in cfg.sets]
-
-
-def merge_set_results(
-    parts: Sequence[Mapping[str, Any]],  # results.json contents of the per-set runs, in set order
-    *,
-    max_items: Mapping[str, int],  # set → items asked for
-    dropped: Sequence[str] = (),  # sets the world has no items for
-) -> dict[str, Any]:
-    """One ``results.json`` content from the per-set runs (sets, notes, failures and counters joined)."""
-    if not parts:
-        raise ValueError("merge_set_results: no results to merge")
-    merged = copy.deepcopy(dict(parts[-1]))
-    merged["sets"] = {}
-    notes: list[str] = []
-    failures: list[Any] = []
-    for part in parts:
-        merged["sets"].update(copy.deepcopy(part["sets"]))
-        notes += [n for n in part.get("notes", []) if n not in notes]
-        failures += list(part.get("failures", []))
-    notes += [f"set {s!r} dropped by `emoedit demo --evaluate`: the world has no items for it (no side views)"
-              for s in dropped]
-    merged["notes"] = notes
-    merged["failures"] = failures
-    run = merged.setdefault("run", {})
-    for key in ("seconds_this_call", "produced_this_call", "scored_this_call"):
-        values = [p.get("run", {}).get(key) for p in parts]
-        if all(isinstance(v, (int, float)) for v in values):
-            run[key] = round(sum(values), 1) if key == "seconds_this_call" else int(sum(values))
-    run["max_items_per_set"] = {s: int(max_items[s]) for s in merged["sets"]}
-    config = merged.setdefault("config", {})
-    config["sets"] = list(merged["sets"])
-    config["max_items"] = {s: int(max_items[s]) for s in merged["sets"]}
-    return merged
 
 
 def forget_if_changed(
@@ -383,27 +341,23 @@ class EvaluationLane:
                            "psp_directions": self.directions_settings()}}
 
     def evaluate(self, sets: Sequence[str], dropped: Sequence[str]) -> StageResult:
-        """The harness once per set into ``evaluate/``, then the merged results.json and tables.md."""
+        """The harness over every set the world has (its own ``results.json`` and ``tables.md`` in ``evaluate/``)."""
         from emoedit.evaluation.harness import RESULTS_FILE, TABLES_FILE, run_evaluation
-        from emoedit.evaluation.tables import format_report
 
         cfg = self.evaluate_config(sets, cwd=Path.cwd())
-        parts = []
-        for one in per_set_configs(cfg, self.plan):
-            print(f"[evaluate] set {one.sets[0]}: {one.max_items} items", flush=True)
-            parts.append(run_evaluation(one).results)
-        counts = self.plan.max_items()
-        merged = merge_set_results(parts, max_items={s: counts[s] for s in sets}, dropped=dropped)
-        if merged["failures"]:
-            raise RuntimeError(f"evaluate: {len(merged['failures'])} output(s) failed, e.g. {merged['failures'][:2]}; "
-                               "re-run to retry them")
-        folder = self.out / EVALUATE_DIR
-        atomic_write_text(folder / RESULTS_FILE, json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
-        atomic_write_text(folder / TABLES_FILE, format_report(merged))
-        outputs = {"sets": {s: b["items"] for s, b in merged["sets"].items()}, "dropped_sets": list(dropped),
-                   "skipped": merged.get("skipped", []), "notes": merged.get("notes", []),
-                   "counts": {s: b["counts"] for s, b in merged["sets"].items()},
-                   "produced": merged["run"].get("produced_this_call"), "scored": merged["run"].get("scored_this_call")}
+        print(f"[evaluate] items per set: {cfg.items_per_set}", flush=True)
+        results = run_evaluation(cfg).results
+        if results["failures"]:
+            raise RuntimeError(f"evaluate: {len(results['failures'])} output(s) failed, e.g. "
+                               f"{results['failures'][:2]}; re-run to retry them")
+        notes = list(results.get("notes", [])) + [
+            f"set {s!r} dropped by `emoedit demo --evaluate`: the world has no items for it (no side views)"
+            for s in dropped]
+        outputs = {"sets": {s: b["items"] for s, b in results["sets"].items()}, "dropped_sets": list(dropped),
+                   "skipped": results.get("skipped", []), "notes": notes,
+                   "counts": {s: b["counts"] for s, b in results["sets"].items()},
+                   "produced": results["run"].get("produced_this_call"),
+                   "scored": results["run"].get("scored_this_call")}
         return StageResult(outputs=outputs, files=(f"{EVALUATE_DIR}/{RESULTS_FILE}", f"{EVALUATE_DIR}/{TABLES_FILE}"))
 
     # ------------------------------------------------------------------ all stages
@@ -452,7 +406,5 @@ __all__ = [
     "build_evaluate_config",
     "forget_if_changed",
     "job_checkpoint",
-    "merge_set_results",
-    "per_set_configs",
     "run_folder",
 ]

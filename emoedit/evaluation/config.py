@@ -110,6 +110,7 @@ class EvaluateConfig:
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))  # methods (names or slugs, e.g. wo_shape)
     references: bool = True  # also score "input (no edit)" and "ground truth" (floors and ceilings)
     max_items: Optional[int] = None  # per set (a spread over emotions and subjects); None: all
+    items_per_set: dict[str, int] = field(default_factory=dict)  # set → item count, overriding max_items for that set
     max_frames: Optional[int] = None  # frames per clip (inputs are cut to their first N frames); None: all
     frame_stride: int = 1  # score every n-th frame of the (cut) clip
     crop_size: Optional[int] = None  # aligned crop side for the judges / FED; None: the emotion judge's input size (else 112)
@@ -208,6 +209,9 @@ def check_config(cfg: EvaluateConfig) -> EvaluateConfig:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             problems.append(f"{name} must be >= 1 or null, got {value}")
+    for set_name, count in cfg.items_per_set.items():
+        if set_name not in EVALUATION_SETS or int(count) < 1:
+            problems.append(f"items_per_set: {set_name!r}: {count} (sets {list(EVALUATION_SETS)}, counts >= 1)")
     if cfg.max_frames is not None and cfg.max_frames < 3:
         problems.append(f"max_frames must be >= 3 (jitter needs 3 frames), got {cfg.max_frames}")
     if cfg.frame_stride < 1:
@@ -250,6 +254,7 @@ def load_evaluate_config(
     """Compose and check an :class:`EvaluateConfig` (see the module docstring)."""
     base: DictConfig = OmegaConf.structured(EvaluateConfig)
     OmegaConf.set_struct(base, True)
+    OmegaConf.set_struct(base.items_per_set, False)  # its keys are set names (checked in check_config)
     if path is not None:
         path = Path(path)
         if not path.is_file():

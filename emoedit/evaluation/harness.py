@@ -579,6 +579,11 @@ def log_wandb(cfg: EvaluateConfig, results: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------- entry
+def set_items(world: Any, cfg: EvaluateConfig) -> dict[str, list[EvaluationItem]]:
+    """Set → its items: ``cfg.items_per_set[set]`` of them where given, else ``cfg.max_items`` (None: all)."""
+    return {s: evaluation_items(world, s, max_items=cfg.items_per_set.get(s, cfg.max_items)) for s in cfg.sets}
+
+
 def run_evaluation(
     config: EvaluateConfig,  # the evaluation config (load_evaluate_config)
     *,
@@ -604,7 +609,7 @@ def run_evaluation(
         registry = build_methods(cfg, face_model=world.face_model(), bundle_loader=bundle_loader)
     if scorer is None:
         scorer = build_scorer(cfg, world, registry.parts)
-    sets = {s: evaluation_items(world, s, max_items=cfg.max_items) for s in cfg.sets}
+    sets = set_items(world, cfg)
     rows = RowStore(out / ROWS_FILE, ("set", "item", "method"))
     counters = {"produced": 0, "scored": 0}
     failures: list[dict[str, str]] = []
