@@ -223,3 +223,15 @@ def test_family_is_recorded_in_the_world_and_read_back(tmp_path: Path) -> None:
     generate_world(tmp_path, preset, SEED, progress=False)
     old = {k: v for k, v in PRESETS["tiny"].to_json().items() if k not in FAMILY_FIELDS}
     assert WorldPreset.from_json(old) == PRESETS["tiny"]
+
+
+def test_a_world_described_before_a_field_existed_still_matches():
+    from emoedit.data.synthetic.world import described_as
+
+    preset = PRESETS["demo"]
+    body = {"preset": preset.to_json(), "seed": 0}
+    assert described_as(body, preset, 0) and not described_as(body, preset, 1)
+    older = {"preset": {k: v for k, v in preset.to_json().items() if k != "lighting"}, "seed": 0}
+    assert described_as(older, preset, 0)  # "lighting" has a default: a world from before it resumes
+    assert not described_as(older, dataclasses.replace(preset, lighting="per_subject"), 0)
+    assert not described_as({"preset": {**preset.to_json(), "bogus": 1}, "seed": 0}, preset, 0)

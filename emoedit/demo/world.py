@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from emoedit.atomic_io import atomic_write_text
+from emoedit.data.synthetic.layout import WORLD_FILE  # written first by generate_world
 from emoedit.data.synthetic.presets import WorldPreset
+from emoedit.data.synthetic.world import described_as
 
-WORLD_FILE = Path("truth") / "world.json"  # written first by generate_world
 HELPER_WAIT_S = 120.0  # the helper gives up if the main process has not described the world by then
 
 
@@ -40,7 +41,7 @@ def _matches(root: Path, preset: WorldPreset, seed: int) -> bool | None:
         body = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    return body.get("preset") == preset.to_json() and body.get("seed") == seed
+    return described_as(body, preset, seed)
 
 
 def render_edits_backwards(root: Path, preset: WorldPreset, seed: int) -> int:

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -178,6 +178,19 @@ def index_description(renderer: WorldRenderer) -> dict[str, Any]:
     }
 
 
+def described_as(description: Mapping[str, Any], preset: WorldPreset, seed: int) -> bool:
+    """Whether a ``truth/world.json`` body describes ``preset`` with ``seed``.
+
+    Presets are compared as :class:`WorldPreset` values, not as JSON dicts, so a world written
+    before a field with a default existed (its JSON lacks the key) still matches.
+    """
+    try:
+        stored = WorldPreset.from_json(description.get("preset") or {})
+    except ValueError:
+        return False
+    return stored == preset and description.get("seed") == seed
+
+
 def _check_existing(root: Path, preset: WorldPreset, seed: int) -> None:
     path = confined(root, WORLD_FILE)
     if not path.exists():
@@ -188,7 +201,7 @@ def _check_existing(root: Path, preset: WorldPreset, seed: int) -> None:
         raise ValueError(f"{path}: unreadable world description ({error}); remove the folder to regenerate") from error
     if existing.get("format") != WORLD_FORMAT:
         raise ValueError(f"{path}: not a synthetic world description")
-    if existing.get("preset") != preset.to_json() or existing.get("seed") != seed:
+    if not described_as(existing, preset, seed):
         raise ValueError(
             f"{root} already holds a world with preset {existing.get('preset_name')!r} and seed {existing.get('seed')!r}; "
             f"refusing to mix it with preset {preset.name!r} seed {seed} (use another folder)"
