@@ -267,7 +267,7 @@ def test_run_directions_end_to_end(tmp_path):
                              missing="mean", exclude_clips=[held_out])
     m002, angry = partial.subjects.index("M002"), 1
     assert partial.filled[m002, angry] and partial.filled.sum() == 1  # M002's angry came from the others' mean
-    assert partial.counts[m002, angry] == 0 and partial.extra["excluded_clips"] == 1
+    assert partial.counts[m002, angry] == 0 and partial.extra["excluded_clips"] == [held_out]
     assert torch.allclose(partial.directions[:, 0], loaded.directions[:, 0], atol=1e-5)  # happy untouched
     with pytest.raises(DirectionsError, match="does not hold"):
         run_directions(cache, ckpt, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], exclude_clips=["M009/nope"])

@@ -284,23 +284,18 @@ class _Demo:
         """Eq. 5 from the training records only (neutral + level 3 of the training subjects' front training clips)."""
         import torch
 
-        from emoedit.data.cache import CacheReader
         from emoedit.editing.directions import run_directions
-        from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, NEUTRAL
+        from emoedit.editing.emotion_code import MAX_LEVEL
 
         device = "cuda" if self.preset.device == "cuda" and torch.cuda.is_available() else "cpu"
-        cache = self.cache_dir / "textures"
         subjects = list(self.world.train_subjects)
-        index = CacheReader.open(cache, kind="textures").records().where(view="front", subject=subjects)
-        excluded = self.eval_clip_ids()
-        index = index.select(~index.mask("clip", excluded))
-        index = index.select(index.mask("emotion", NEUTRAL) | index.mask("level", MAX_LEVEL))
-        present = sorted({str(e) for e in index.unique("emotion") if e != NEUTRAL}, key=EMOTIONS.index)
-        path = self.out / "directions.pt"
-        result = run_directions(cache, self.checkpoint("texture_encoder"), path, device=device, batch_size=64,
-                                subjects=subjects, views=("front",), level=MAX_LEVEL, emotions=present,
-                                exclude_clips=excluded)
-        return StageResult(outputs={"records": len(index), "subjects": len(subjects), "emotions": present,
+        present = list(self.preset.world.emotions)  # the world's emotions, code order
+        result = run_directions(self.cache_dir / "textures", self.checkpoint("texture_encoder"),
+                                self.out / "directions.pt", device=device, batch_size=64, subjects=subjects,
+                                views=("front",), level=MAX_LEVEL, emotions=present,
+                                exclude_clips=self.eval_clip_ids())
+        records = int(result.counts.sum()) + int(result.neutral_counts.sum())
+        return StageResult(outputs={"records": records, "subjects": len(subjects), "emotions": present,
                                     "describe": result.describe()}, files=("directions.pt",))
 
     # ------------------------------------------------------------------ stage: bundle

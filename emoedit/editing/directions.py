@@ -510,7 +510,7 @@ def run_directions(
     result = accumulator.solve(
         subjects=subjects, emotions=emotions, missing=missing, encoder_sha256=sha256_file(encoder_ckpt),
         extra={"cache": str(Path(cache).resolve()), "views": None if views is None else list(views),
-               "encoder_checkpoint": str(Path(encoder_ckpt).resolve()), "excluded_clips": len(exclude_clips)},
+               "encoder_checkpoint": str(Path(encoder_ckpt).resolve()), "excluded_clips": sorted(str(c) for c in exclude_clips)},
     )
     result.save(out)
     return result

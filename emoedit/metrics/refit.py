@@ -116,7 +116,7 @@ class ReReconstructor:
         with torch.no_grad():
             vertex = shape_vertex_error_mm(self.face_model, mine.id_coeff, mine.exp_coeff, true.id_coeff,
                                            true.exp_coeff)
-            landmarks = self.face_model(fitted, self.camera).landmarks
+        landmarks = self.landmarks(fitted).to(true_landmarks.device)
         return FitErrors(vertex_mm=float(vertex.mean()),
                          exp_mae=float(expression_error(mine.exp_coeff, true.exp_coeff).mean()),
                          landmark_px=float(landmark_error(landmarks, true_landmarks).mean()))

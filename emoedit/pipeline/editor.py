@@ -586,9 +586,9 @@ class VideoEditor:
                                                           change_texture=uv_texture)
                         edited, landmarks = warped.frames.clamp_(0.0, 1.0), warped.landmarks
                         shown, shown_mask = warped.face, warped.paste_mask
-                        # For the intermediates: the change as an image, 0.5 = no change.
-                        uv_texture = (frames.new_full((frames.shape[0], 3, 1, 1), 0.5) if uv_texture is None
-                                      else uv_texture.add(1.0).div(2.0))
+                        if intermediates is not None:  # the change as an image, 0.5 = no change
+                            uv_texture = (frames.new_full((frames.shape[0], 3, 1, 1), 0.5) if uv_texture is None
+                                          else uv_texture.add(1.0).div(2.0))
                     else:
                         assert uv_texture is not None
                         with timer("render"):
@@ -615,6 +615,7 @@ class VideoEditor:
                     with timer("paste"):
                         output[local] = to_uint8(edited).permute(0, 2, 3, 1).cpu().numpy()
                     if intermediates is not None:
+                        assert uv_texture is not None
                         for i, row in enumerate(rows.tolist()):
                             intermediates.write_frame(
                                 int(analysis.frame_indices[row]), uv_texture=uv_texture[i], render=shown[i],
