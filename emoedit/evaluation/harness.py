@@ -432,6 +432,13 @@ def _summarise_set(
             by_method[method].append(row)
     summary: dict[str, dict[str, Any]] = {}
     counts = {}
+    real_cache: dict[str, dict[str, Tensor]] = {}  # the truth's features of each item, read once for every method
+
+    def real_features(item: EvaluationItem) -> dict[str, Tensor]:
+        if item.item_id not in real_cache:
+            real_cache[item.item_id] = _load_features(_features_path(out, "_real", item))
+        return real_cache[item.item_id]
+
     for method in method_names:
         chosen = by_method.get(method, [])
         if not chosen:
@@ -443,9 +450,11 @@ def _summarise_set(
                 block[spec.key] = _mean(r["metrics"].get(spec.key) for r in chosen)
         done = [i for i in items if (set_name, i.item_id, method) in rows]
         slug = method_slug(method)
+        fakes = [_load_features(_features_path(out, slug, i)) for i in done]  # each file read once
+        reals = [real_features(i) for i in done]
         for key in ("fid", "fed"):
-            fake = [f[key] for f in (_load_features(_features_path(out, slug, i)) for i in done) if key in f]
-            real = [f[key] for f in (_load_features(_features_path(out, "_real", i)) for i in done) if key in f]
+            fake = [f[key] for f in fakes if key in f]
+            real = [f[key] for f in reals if key in f]
             block[key] = frechet_from_features(fake, real) if len(fake) == len(done) and len(real) == len(done) \
                 else None
         summary[method] = block
