@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -85,7 +84,7 @@ from emoedit.editing.emotion_code import EMOTIONS, EmotionSchedule  # noqa: E402
 from emoedit.editing.teeth_completion import TeethCompleter  # noqa: E402
 from emoedit.editing.texture_editor import TextureEditor  # noqa: E402
 from emoedit.face_model import MorphableModel  # noqa: E402
-from emoedit.machine import cores_available, cpu_model  # noqa: E402
+from emoedit.machine import cores_available, machine_info  # noqa: E402
 from emoedit.networks.geometry_editor import GeometryGenerator  # noqa: E402
 from emoedit.networks.psp_encoder import PSPEncoder  # noqa: E402
 from emoedit.networks.recon_regressor import ReconRegressor  # noqa: E402
@@ -358,12 +357,8 @@ def make_video(source: Path, out: Path, *, num_frames: int, frame_size: int) -> 
 
 # --------------------------------------------------------------------------- machine
 def machine_description(device: torch.device) -> dict[str, Any]:
-    """CPU model, cores, threads, load average, torch version and the device."""
-    cpu, cores = cpu_model(), cores_available()
-    info: dict[str, Any] = {
-        "cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "python": platform.python_version(), "device": str(device), "load_average": list(os.getloadavg()),
-    }
+    """:func:`emoedit.machine.machine_info` with the cores this process may use and the device."""
+    info: dict[str, Any] = {**machine_info(), "cores": cores_available(), "device": str(device)}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

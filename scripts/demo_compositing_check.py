@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-EMOTIONS = ("happy", "angry", "sad", "surprised", "fear", "disgusted", "contempt")
 BASE = {"texture_mode": "residual", "progress": False, "batch_size": 32, "preset": "veryfast"}
 VARIANTS: dict[str, dict] = {
     "residual": {},
@@ -47,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
+    from emoedit.atomic_io import atomic_write_text
     from emoedit.data.detection import DlibFaceDetector
     from emoedit.data.synthetic import SyntheticWorld
     from emoedit.demo.evaluation import EditedVideo, evaluate_edits
-    from emoedit.editing.emotion_code import EmotionSchedule, emotion_code_from_alpha
+    from emoedit.editing.emotion_code import EMOTIONS, EmotionSchedule, emotion_code_from_alpha
     from emoedit.pipeline.bundle import load_bundle
     from emoedit.pipeline.editor import EditOptions, VideoEditor
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{subject} {name:<24} " + " ".join(f"{v:.2f}" for v in outs)
                   + f" | mean {sum(outs) / len(outs):.2f}  input {sum(ins) / len(ins):.2f}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     return 0
 
 
