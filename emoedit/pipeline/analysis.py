@@ -38,7 +38,6 @@ from emoedit.data.detection import FaceDetection, FaceDetector
 from emoedit.data.face_tracking import TrackResult, track_faces
 from emoedit.editing.directions import texture_to_network
 from emoedit.face_model.camera import PerspectiveCamera
-from emoedit.pipeline.compositing import project_face
 from emoedit.pipeline.parts import EditParts
 from emoedit.pipeline.stage_timer import StageTimer
 from emoedit.reconstruction.reconstructor import RegressorReconstructor
@@ -265,7 +264,8 @@ class FaceAnalyzer:
         """
         with torch.no_grad():
             texture_crop = warp_to_crop(frames, transform).clamp_(0.0, 1.0)
-            screen, _ = project_face(self.face_model, coeffs.to(self.device, torch.float32), self.texture_camera)
+            coeffs = coeffs.to(self.device, torch.float32)
+            screen = self.face_model.geometry(coeffs, self.texture_camera).vertices_screen
             extraction = self.extractor(texture_crop, screen)
         return to_uint8(extraction.uv_texture), extraction.visibility > 0.5
 

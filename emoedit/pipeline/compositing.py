@@ -57,22 +57,6 @@ WARP_DEPTH_TOLERANCE = 0.02  # a surface point counts as visible in the source f
 WARP_RASTER_SIDE = 256  # warp: the face window is rasterised with at most this many pixels on its longer side
 
 
-def project_face(
-    model: MorphableModel,  # the face model of the coefficients
-    coeffs: Tensor,  # (B, L) float coefficients, the model's layout
-    camera: PerspectiveCamera,  # the camera of the image the mesh is projected into
-) -> tuple[Tensor, Tensor]:
-    """``(vertices_screen (B, V, 3) (x_img, y_img, depth), landmarks (B, 68, 2) pixels)`` of ``coeffs``.
-
-    The geometry half of ``MorphableModel.forward`` (:meth:`MorphableModel.geometry`, the
-    same operations, so the same numbers): shape, pose, projection, landmark pick, without the
-    albedo, normals and shading that rendering a UV texture and extracting one do not use.
-    """
-    assert_shape(coeffs, (None, model.layout.size), "coeffs")
-    geo = model.geometry(coeffs, camera)
-    return geo.vertices_screen, geo.landmarks
-
-
 def erode(
     region: Tensor,  # (B, C, H, W) float in [0, 1]
     radius: int,  # half side of the square structuring element, pixels (>= 0)
@@ -171,7 +155,8 @@ class FaceCompositor(nn.Module):
         dims = assert_shape(coeffs, ("B", model.layout.size), "coeffs")
         assert_shape(uv_texture, ("B", 3, "T", "T"), "uv_texture", dims)
         assert_range(uv_texture, 0.0, 1.0, "uv_texture")
-        vertices_screen, landmarks = project_face(model, coeffs.float(), self.camera)
+        geometry = model.geometry(coeffs.float(), self.camera)
+        vertices_screen, landmarks = geometry.vertices_screen, geometry.landmarks
         out = self.renderer(vertices_screen, model.triangles, uv_coords=model.uv_coords,
                             uv_texture=uv_texture.to(vertices_screen.dtype))
         landmarks = landmarks.float()
@@ -287,9 +272,10 @@ class FaceCompositor(nn.Module):
         frame by the crop's similarity; depth is unchanged (the rasteriser uses it only to order
         surfaces and for perspective-correct barycentrics, which a similarity of x, y preserves).
         """
-        vertices_crop, landmarks_crop = project_face(self.face_model, coeffs.float(), self.camera)
+        geometry = self.face_model.geometry(coeffs.float(), self.camera)
+        vertices_crop, landmarks_crop = geometry.vertices_screen, geometry.landmarks
         xy = transform.crop_to_frame(vertices_crop[..., :2])
         return torch.cat([xy, vertices_crop[..., 2:]], dim=-1), transform.crop_to_frame(landmarks_crop.float())
 
 
-__all__ = ["FaceCompositor", "FaceRender", "WarpedFace", "erode", "feathered_face_mask", "project_face"]
+__all__ = ["FaceCompositor", "FaceRender", "WarpedFace", "erode", "feathered_face_mask"]

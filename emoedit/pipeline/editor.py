@@ -80,7 +80,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from emoedit.data.alignment import AlignmentTemplate, CropTransform
-from emoedit.data.detection import FaceDetector
+from emoedit.data.detection import LEFT_MOUTH_CORNER_ID, RIGHT_MOUTH_CORNER_ID, FaceDetector
 from emoedit.data.mouth import INNER_LIP_IDS
 from emoedit.editing.emotion_code import EMOTIONS, EmotionSchedule, format_emotion_code
 from emoedit.editing.smoothing import temporal_smooth
@@ -104,7 +104,6 @@ from emoedit.video import VideoReader, VideoWriter
 TEXTURE_MODES: tuple[str, ...] = ("replace", "residual", "warp")
 TRAINED_MAX_STRENGTH = 1.0  # α = j / E_m of MEAD's strongest level; stronger codes extrapolate
 DEFAULT_DLIB_MIN_FACE_PX = 40.0  # dlib: smaller faces are not tracked (as emoedit preprocess)
-MOUTH_CORNER_IDS = (48, 54)  # iBUG 49 and 55 (0-based): the outer lip corners, whose distance is the mouth width
 TEXTURE_EDIT_CHUNK = 256  # frames per TextureEditor call (bounds the (B, num_ws·w_dim) temporaries)
 ENCODE_BEHIND_CHUNKS = 2  # edited chunks waiting for the background encoder at most
 
@@ -213,8 +212,8 @@ def teeth_gate(
     assert_shape(source_landmarks, ("B", 68, 2), "source_landmarks")
     inner = list(INNER_LIP_IDS)
     moved = (landmarks[:, inner] - source_landmarks[:, inner]).norm(dim=-1).mean(dim=-1)
-    left, right = MOUTH_CORNER_IDS
-    width = (source_landmarks[:, right] - source_landmarks[:, left]).norm(dim=-1).clamp_min(1e-6)
+    width = (source_landmarks[:, RIGHT_MOUTH_CORNER_ID] - source_landmarks[:, LEFT_MOUTH_CORNER_ID]).norm(dim=-1)
+    width = width.clamp_min(1e-6)
     return (moved / (full_fraction * width)).clamp(0.0, 1.0)
 
 
