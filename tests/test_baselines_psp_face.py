@@ -129,6 +129,13 @@ def test_global_directions_are_emotion_means_minus_the_neutral_mean(world, encod
         expected = torch.stack(latents[(emotion, 3)]).mean(0) - neutral  # level 1 of happy is not used
         assert torch.allclose(directions.direction(GLOBAL_SUBJECT, emotion), expected, atol=1e-5), emotion
     assert int(directions.counts[0, EMOTIONS.index("happy")]) == 8 and int(directions.neutral_counts[0]) == 16
+    # Held-out clips can be left out (the demo's evaluation lane leaves out every evaluation clip).
+    from emoedit.baselines.psp_face import run_psp_face_directions
+
+    held_out = run_psp_face_directions(world["cache"], encoder_ckpt, tmp_path / "held_out.pt", emotions=SOLVED,
+                                       exclude_clips=["M001/front/happy/level_3/001"])
+    assert int(held_out.counts[0, EMOTIONS.index("happy")]) == 4 and held_out.extra["excluded_clips"] == [
+        "M001/front/happy/level_3/001"]
 
     from emoedit.baselines import crop_editor
 

@@ -164,6 +164,7 @@ def run_psp_face_directions(
     views: Sequence[str] | None = ("front",),  # keep only these views (None: all; ignored without 'view')
     subjects: Sequence[str] | None = None,  # training subjects to use; None = all in the cache
     exclude_subjects: Sequence[str] = (),  # subjects to leave out (e.g. the unseen ones)
+    exclude_clips: Sequence[str] = (),  # clip ids (the cache's "clip" metadata) to leave out (held-out clips)
     level: int = MAX_LEVEL,  # level the emotional means are taken at
     emotions: Sequence[str] | None = None,  # emotions to solve; None = all of EMOTIONS
     image_field: str = "crop",  # the crop field
@@ -188,6 +189,10 @@ def run_psp_face_directions(
         index = index.where(subject=list(subjects))
     if exclude_subjects:
         index = index.select(~index.mask("subject", list(exclude_subjects)))
+    if exclude_clips:
+        if "clip" not in index.names:
+            raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
+        index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
     index = index.select(index.mask("emotion", NEUTRAL) | index.mask("level", int(level)))
     if len(index) == 0:
         raise DirectionsError(f"{reader.root}: no neutral or level-{level} crops to encode (views {views})")
@@ -198,6 +203,7 @@ def run_psp_face_directions(
         encoder_sha256=sha256_file(encoder_ckpt),
         extra={"cache": str(Path(cache).resolve()), "views": None if views is None else list(views),
                "subjects": None if subjects is None else list(subjects), "exclude_subjects": list(exclude_subjects),
+               "excluded_clips": sorted(str(c) for c in exclude_clips),
                "encoder_checkpoint": str(encoder_ckpt.resolve()), "resolution": resolution},
     )
     result.save(out)

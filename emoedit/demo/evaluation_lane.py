@@ -289,32 +289,18 @@ class EvaluationLane:
         """One global direction per emotion from the training subjects' front training crops."""
         import torch
 
-        from emoedit.atomic_io import sha256_file
-        from emoedit.baselines.psp_face import encode_face_crops, solve_global_directions
-        from emoedit.data.cache import CacheReader
-        from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, NEUTRAL
-        from emoedit.networks.psp_encoder import PSPEncoder
+        from emoedit.baselines.psp_face import run_psp_face_directions
 
         demo = self.demo
-        encoder_ckpt = job_checkpoint(self.out, "psp_encoder")
         device = "cuda" if demo.preset.device == "cuda" and torch.cuda.is_available() else "cpu"
-        encoder = PSPEncoder.from_checkpoint(encoder_ckpt).to(device).eval()
-        reader = CacheReader.open(demo.cache_dir / "frames", kind="frames")
         subjects = list(demo.world.train_subjects)
-        index = reader.records().where(view="front", subject=subjects)
-        index = index.select(~index.mask("clip", demo.eval_clip_ids()))
-        index = index.select(index.mask("emotion", NEUTRAL) | index.mask("level", MAX_LEVEL))
-        present = sorted({str(e) for e in index.unique("emotion") if e != NEUTRAL}, key=EMOTIONS.index)
-        resolution = demo.preset.preprocess.crop_size  # psp_tgan's model.resolution (train_job)
-        batches = encode_face_crops(reader, encoder, index=index, resolution=resolution, batch_size=64, device=device)
-        result = solve_global_directions(
-            batches, num_ws=encoder.num_ws, w_dim=encoder.w_dim, level=MAX_LEVEL, emotions=present,
-            encoder_sha256=sha256_file(encoder_ckpt),
-            extra={"cache": str(demo.cache_dir / "frames"), "views": ["front"], "subjects": subjects,
-                   "excluded_clips": "every evaluation clip of the world's split",
-                   "encoder_checkpoint": str(encoder_ckpt), "resolution": resolution})
-        result.save(self.out / DIRECTIONS_FILE)
-        return StageResult(outputs={"records": len(index), "subjects": len(subjects), "emotions": present},
+        present = list(demo.preset.world.emotions)  # the world's emotions, code order
+        result = run_psp_face_directions(demo.cache_dir / "frames", job_checkpoint(self.out, "psp_encoder"),
+                                         self.out / DIRECTIONS_FILE, views=("front",), subjects=subjects,
+                                         exclude_clips=demo.eval_clip_ids(), emotions=present, batch_size=64,
+                                         device=device)
+        records = int(result.counts.sum()) + int(result.neutral_counts.sum())
+        return StageResult(outputs={"records": records, "subjects": len(subjects), "emotions": present},
                            files=(DIRECTIONS_FILE,))
 
     # ------------------------------------------------------------------ harness
