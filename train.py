@@ -202,8 +202,9 @@ def resolve_ckpt_path(cfg: Any, run_dir: Path) -> str | None:
     return str(path)
 
 
-def run(spec: PartSpec, cfg: Any) -> Any:
-    """Build everything from ``cfg`` (a composed config) and fit. Returns the Trainer."""
+def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
+    """Build everything from ``cfg`` (a composed config) and fit, with ``callbacks`` (Lightning
+    callbacks, e.g. the demo's progress reporter) after the run's own. Returns the Trainer."""
     import pytorch_lightning as pl
     import torch
 
@@ -237,7 +238,7 @@ def run(spec: PartSpec, cfg: Any) -> Any:
     trainer = pl.Trainer(
         **check_trainer_args(config_to_plain(cfg.trainer)),
         logger=build_logger(cfg, run_dir),
-        callbacks=build_callbacks(cfg, run_dir, system),
+        callbacks=[*build_callbacks(cfg, run_dir, system), *callbacks],
         default_root_dir=str(run_dir),
     )
     try:

@@ -155,22 +155,10 @@ def run_job(job: TrainJob) -> dict[str, Any]:
     from emoedit.config import compose_config
 
     spec = train._parts()[job.part]
-    base = spec.system
-    callback = _status_callback(job)
-
-    class Reporting(base):  # type: ignore[misc, valid-type]
-        """The part's system plus the demo's status-file callback (same weights and config)."""
-
-        def extra_callbacks(self) -> list:
-            parent = getattr(super(), "extra_callbacks", None)
-            return [*(parent() if callable(parent) else []), callback]
-
-    Reporting.__name__ = base.__name__
-    Reporting.__qualname__ = base.__qualname__
     cfg = compose_config(spec.schema, part=job.part, config_dir=train.CONFIG_DIR, overrides=job.train_overrides(),
                          base_files=spec.config_files)
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    trainer = train.run(train.PartSpec(Reporting, spec.datamodule, spec.schema, spec.summary, spec.config_files), cfg)
+    trainer = train.run(spec, cfg, callbacks=[_status_callback(job)])
     seconds = time.perf_counter() - start
     if getattr(trainer, "interrupted", False):  # Ctrl-C: Lightning returns from fit; this part is not done
         raise KeyboardInterrupt(f"training {job.part} was interrupted at step {trainer.global_step}")
