@@ -207,8 +207,7 @@ def test_evaluate_refused_for_a_preset_without_a_plan(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="no evaluation plan"):
         run_demo(PRESETS["gpu"], tmp_path, evaluate=True, progress=False)
-    with pytest.raises(SystemExit):
-        main(["--preset", "gpu", "--out", str(tmp_path), "--evaluate"])
+    assert main(["--preset", "gpu", "--out", str(tmp_path), "--evaluate"]) == 2  # the CLI's error exit
 
 
 # ----------------------------------------------------------------------------- end to end

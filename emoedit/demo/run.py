@@ -648,29 +648,10 @@ def _run(preset: DemoPreset, out: Path, *, progress: bool, evaluate: bool = Fals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m emoedit.demo.run [--preset quick|demo|gpu] [--out DIR] [--restart] [--evaluate]``."""
-    import argparse
+    """``python -m emoedit.demo.run ...`` = ``emoedit demo ...`` (one command line, in :mod:`emoedit.cli`)."""
+    from emoedit.cli import main as cli_main
 
-    from emoedit.demo.presets import PRESETS
-    from emoedit.demo.stages import StageError
-
-    parser = argparse.ArgumentParser(prog="emoedit demo", description="the whole method on the synthetic world")
-    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="size of the run")
-    parser.add_argument("--out", default="outputs/demo", help="output folder (re-running continues)")
-    parser.add_argument("--restart", action="store_true", help="remove an earlier run's files in --out first")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--evaluate", action="store_true",
-                        help="then train the judges and baselines and run the evaluation harness (make evaluate)")
-    args = parser.parse_args(argv)
-    if args.evaluate and PRESETS[args.preset].evaluate is None:
-        parser.error(f"preset {args.preset!r} has no evaluation plan; --evaluate runs with "
-                     f"{', '.join(sorted(n for n, p in PRESETS.items() if p.evaluate is not None))}")
-    try:
-        run_demo(args.preset, args.out, restart=args.restart, progress=not args.no_progress, evaluate=args.evaluate)
-    except StageError as err:
-        print(f"emoedit demo: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
