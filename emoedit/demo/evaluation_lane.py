@@ -17,14 +17,14 @@ after the method's stages with these stages (sizes: the preset's
    every evaluation clip as ``data.val_keys`` — which holds every clip of the unseen
    subjects too — with validation switched off, so those clips are never even read;
 2. ``psp_directions`` — the pSp baseline's global directions (one per emotion,
-   :func:`emoedit.baselines.psp_face.solve_global_directions`) from the training subjects'
+   :func:`emoedit.baselines.psp_face.run_psp_face_directions`) from the training subjects'
    front training crops (neutral and the top level; the held-out neutral clips excluded,
    as for the method's own directions) → ``psp_directions.pt``;
 3. ``evaluate`` — :func:`emoedit.evaluation.harness.run_evaluation` with
    ``configs/evaluate/demo.yaml`` pointed at this folder (:func:`build_evaluate_config`),
-   once per evaluation set (each set has its own number of items) into ``evaluate/``; the
-   per-set results are merged into ``evaluate/results.json`` and ``evaluate/tables.md``. A
-   set the world has no items for (no side views: ``unseen_views``) is dropped with a note.
+   once over every set (each with its own number of items: ``items_per_set``) into
+   ``evaluate/`` (``results.json``, ``tables.md``). A set the world has no items for (no side
+   views: ``unseen_views``) is dropped, with a note in both files.
 
 Stage settings are recorded in the stamps like the method's; each stage's settings contain
 the settings of the stages it depends on. Unlike the method's stages (which refuse a folder
