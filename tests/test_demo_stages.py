@@ -90,15 +90,6 @@ def test_stage_must_write_the_files_it_names(tmp_path: Path) -> None:
         quiet(tmp_path).run("alpha", {}, lambda: StageResult(files=("nothing.txt",)))
 
 
-def test_restart_forgets_every_stamp(tmp_path: Path) -> None:
-    work = Counter(tmp_path)
-    runner = quiet(tmp_path)
-    runner.run("alpha", {"v": 1}, work)
-    runner.restart()
-    quiet(tmp_path).run("alpha", {"v": 2}, work)  # no mismatch any more
-    assert work.calls == 2
-
-
 def test_bad_stamp_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / ".stages").mkdir()
     (tmp_path / ".stages" / "alpha.json").write_text("{not json")

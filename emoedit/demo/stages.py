@@ -24,7 +24,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -242,11 +241,6 @@ class StageRunner:
         self.records.append(record)
         self._say(f"[{name}] finished in {format_seconds(seconds)}")
         return record
-
-    def restart(self) -> None:
-        """Forget every stamp (the next :meth:`run` of each stage does the work again)."""
-        if self.stamp_dir.exists():
-            shutil.rmtree(self.stamp_dir)
 
     # ------------------------------------------------------------------ reporting
     @property
