@@ -15,12 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from emoedit.demo.evaluation_lane import (
-    EVALUATE_CONFIG_FILE,
-    EvaluationLane,
-    build_evaluate_config,
-    forget_if_changed,
-)
+from emoedit.demo.evaluation_lane import EVALUATE_CONFIG_FILE, EvaluationLane, build_evaluate_config
 from emoedit.demo.presets import (
     DEMO,
     EVALUATION_JOB_DEPENDENCIES,
@@ -31,7 +26,7 @@ from emoedit.demo.presets import (
     EvaluationPlan,
     PartBudget,
 )
-from emoedit.demo.stages import StageResult, StageRunner
+from emoedit.demo.stages import StageRunner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -188,18 +183,84 @@ def test_settings_change_only_the_changed_job_and_what_follows(tmp_path: Path) -
     assert base.evaluate_settings(["seen"], []) == _lane(tmp_path, plan).evaluate_settings(["seen"], [])
 
 
-def test_forget_if_changed(tmp_path: Path) -> None:
-    runner = StageRunner(tmp_path, stream=open(tmp_path / "log.txt", "w"))
-    folder = tmp_path / "runs" / "stargan"
-    folder.mkdir(parents=True)
-    (folder / "last.ckpt").write_bytes(b"x")
-    runner.run("train_stargan", {"steps": 3}, lambda: StageResult(files=("runs/stargan/last.ckpt",)))
-    assert not forget_if_changed(runner, "train_stargan", {"steps": 3}, [folder])
-    assert runner.is_done("train_stargan", {"steps": 3}) is not None and folder.is_dir()
-    assert forget_if_changed(runner, "train_stargan", {"steps": 4}, [folder])
-    assert not folder.exists() and runner.read_stamp("train_stargan") is None
-    assert runner.is_done("train_stargan", {"steps": 4}) is None  # runs again, no StageSettingsError
-    assert not forget_if_changed(runner, "never_ran", {"a": 1}, [])
+class _FakeTraining:
+    """Stands in for ``train_lanes``: writes each job's checkpoint and reports it done (no worker process)."""
+
+    def __init__(self) -> None:
+        self.trained: list[str] = []
+
+    def __call__(self, lanes, *, log_dir, on_start, on_done, progress) -> None:
+        for jobs in lanes:
+            for job in jobs:
+                on_start(job)
+                job.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+                job.checkpoint.write_bytes(b"weights")
+                self.trained.append(Path(job.run_dir).name)
+                on_done(job, {"steps": 1, "seconds": 0.1, "stopped_by": "max_steps"}, 0.1)
+
+
+def _counting_stamp_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    reads: list[str] = []
+    read_stamp = StageRunner.read_stamp
+    monkeypatch.setattr(StageRunner, "read_stamp", lambda self, name: reads.append(name) or read_stamp(self, name))
+    return reads
+
+
+def test_train_all_reruns_changed_jobs_and_reads_each_stamp_once(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    import emoedit.demo.evaluation_lane as lane_module
+
+    out = tmp_path.resolve()
+    training = _FakeTraining()
+    monkeypatch.setattr(lane_module, "train_lanes", training)
+    _lane(tmp_path).train_all(StageRunner(out, stream=io.StringIO()))
+    assert sorted(training.trained) == sorted(EVALUATION_JOBS)
+    stale = out / "runs" / "psp_tgan" / "stale.txt"
+    stale.write_text("from the old budget")
+    plan = QUICK.evaluate
+    faster = _lane(tmp_path, dataclasses.replace(plan, psp_tgan=dataclasses.replace(plan.psp_tgan, max_seconds=5)))
+    training.trained.clear()
+    reads = _counting_stamp_reads(monkeypatch)
+    log = io.StringIO()
+    runner = StageRunner(out, stream=log)
+    faster.train_all(runner)
+    # the changed job and the one that needs it run again (their old run folders removed first); the others are reused
+    assert sorted(training.trained) == ["psp_encoder", "psp_tgan"] and not stale.exists()
+    assert sorted(reads) == sorted(f"train_{job}" for job in EVALUATION_JOBS)  # one read per stamp
+    assert {r.name for r in runner.records if r.reused} == {f"train_{job}" for job in EVALUATION_JOBS} - {
+        "train_psp_tgan", "train_psp_encoder"}
+    assert "[train_psp_tgan] settings changed (" in log.getvalue()
+
+
+def test_method_train_all_refuses_changed_parts_and_reads_each_stamp_once(tmp_path: Path, monkeypatch) -> None:
+    """The method's training stages (emoedit.demo.run, same fake world) keep refusing a folder of other settings."""
+    import io
+
+    import emoedit.demo.run as run_module
+    from emoedit.demo.presets import PART_ORDER
+    from emoedit.demo.stages import StageSettingsError
+
+    out = tmp_path.resolve()
+    training = _FakeTraining()
+    monkeypatch.setattr(run_module, "train_lanes", training)
+    demo = _lane(tmp_path).demo
+    demo.train_all(StageRunner(out, stream=io.StringIO()))
+    assert sorted(training.trained) == sorted(PART_ORDER)
+    training.trained.clear()
+    reads = _counting_stamp_reads(monkeypatch)
+    runner = StageRunner(out, stream=io.StringIO())
+    demo.train_all(runner)
+    assert not training.trained and sorted(reads) == sorted(f"train_{part}" for part in PART_ORDER)
+    assert [r.name for r in runner.records] == [f"train_{p}" for lane in QUICK.training.lanes for p in lane]
+    assert all(r.reused for r in runner.records)
+    plan = QUICK.training
+    other = run_module._Demo(dataclasses.replace(QUICK, training=dataclasses.replace(
+        plan, tgan=dataclasses.replace(plan.tgan, max_seconds=5))), out, progress=False)
+    other._world = demo._world
+    with pytest.raises(StageSettingsError, match="train_tgan.*--restart"):
+        other.train_all(StageRunner(out, stream=io.StringIO()))
+    assert not training.trained and (out / "runs" / "tgan" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_evaluate_refused_for_a_preset_without_a_plan(tmp_path: Path) -> None:

@@ -14,10 +14,12 @@ from emoedit.demo.evaluation import face_region_errors, format_table, stored_lev
 from emoedit.demo.presets import DEMO, GPU, PART_ORDER, PRESETS, QUICK, EditPlan, TrainingPlan, get_preset
 from emoedit.demo.run import edit_specs
 from emoedit.demo.stages import (
+    OnSettingsChange,
     StageError,
     StageResult,
     StageRunner,
     StageSettingsError,
+    format_seconds,
     normalise_settings,
     settings_differences,
 )
@@ -88,6 +90,49 @@ def test_failed_stage_leaves_no_stamp_and_runs_again(tmp_path: Path) -> None:
 def test_stage_must_write_the_files_it_names(tmp_path: Path) -> None:
     with pytest.raises(StageError, match="nothing.txt"):
         quiet(tmp_path).run("alpha", {}, lambda: StageResult(files=("nothing.txt",)))
+
+
+def test_rerun_policy_removes_the_outputs_and_runs_again(tmp_path: Path) -> None:
+    import io
+
+    work = Counter(tmp_path)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    log = io.StringIO()
+    runner = StageRunner(tmp_path, stream=log)
+    rerun = dict(on_change=OnSettingsChange.RERUN, outputs=[folder, "a.txt"])
+    runner.run("alpha", {"steps": 3}, work, **rerun)
+    assert runner.run("alpha", {"steps": 3}, work, **rerun).reused and folder.is_dir()  # same settings: reused
+    record = runner.run("alpha", {"steps": 4}, work, **rerun)
+    assert work.calls == 2 and not record.reused and not folder.exists()  # "a.txt" was removed, then written again
+    assert "[alpha] settings changed (steps: 3 → 4): running it again" in log.getvalue()
+    assert json.loads((tmp_path / ".stages" / "alpha.json").read_text())["settings"] == {"steps": 4}
+    # is_done alone forgets as well (the training lanes check first and run the work elsewhere)
+    assert runner.is_done("alpha", {"steps": 5}, on_change="rerun") is None
+    assert runner.read_stamp("alpha") is None and runner.is_done("never_ran", {"a": 1}, **rerun) is None
+    # the default policy refuses instead, and leaves everything in place
+    runner.run("alpha", {"steps": 5}, work)
+    with pytest.raises(StageSettingsError, match="steps: 5 → 6"):
+        runner.is_done("alpha", {"steps": 6})
+    assert runner.read_stamp("alpha") is not None and (tmp_path / "a.txt").is_file()
+
+
+def test_is_done_reads_the_stamp_once_and_reuse_records_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    work = Counter(tmp_path)
+    quiet(tmp_path).run("alpha", {"v": 1}, work)
+    reads: list[str] = []
+    read_stamp = StageRunner.read_stamp
+    monkeypatch.setattr(StageRunner, "read_stamp", lambda self, name: reads.append(name) or read_stamp(self, name))
+    log = io.StringIO()
+    runner = StageRunner(tmp_path, stream=log)
+    done = runner.is_done("alpha", {"v": 1}, on_change=OnSettingsChange.RERUN)
+    assert done is not None and reads == ["alpha"]
+    assert runner.reuse(done) is done and runner.records == [done]
+    assert runner.run("alpha", {"v": 1}, work).reused and reads == ["alpha", "alpha"] and work.calls == 1
+    assert log.getvalue().splitlines() == ["[alpha] done earlier (" + format_seconds(done.seconds) + "): alpha"] * 2
 
 
 def test_bad_stamp_is_a_clear_error(tmp_path: Path) -> None:

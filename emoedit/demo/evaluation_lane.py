@@ -29,8 +29,9 @@ after the method's stages with these stages (sizes: the preset's
 Stage settings are recorded in the stamps like the method's; each stage's settings contain
 the settings of the stages it depends on. Unlike the method's stages (which refuse a folder
 made with other settings), a lane stage whose settings changed — a budget, the number of
-items — is **run again**: its old outputs (run folder, directions file, ``evaluate/``) are
-removed first, and so, through the nested settings, are the lane stages after it.
+items — is **run again** (:attr:`~emoedit.demo.stages.OnSettingsChange.RERUN`): its old
+outputs (run folder, directions file, ``evaluate/``) are removed first, and so, through the
+nested settings, are the lane stages after it.
 """
 
 from __future__ import annotations
@@ -38,20 +39,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from emoedit.atomic_io import atomic_write_text
 from emoedit.demo.presets import EVALUATION_JOB_DEPENDENCIES, EVALUATION_JOB_PARTS, EvaluationPlan, json_ready
-from emoedit.demo.stages import (
-    StageResult,
-    StageRunner,
-    format_seconds,
-    normalise_settings,
-    settings_differences,
-)
+from emoedit.demo.stages import OnSettingsChange, StageResult, StageRunner, format_seconds
 from emoedit.demo.training import REPO_ROOT, TrainJob, train_lanes
 
 if TYPE_CHECKING:
@@ -135,28 +129,6 @@ def build_evaluate_config(
                                          items=max(1, plan.monotonicity_items)),
     )
     return check_config(cfg)
-
-
-def forget_if_changed(
-    runner: StageRunner,  # the demo's stage runner
-    name: str,  # stage name
-    settings: Mapping[str, Any],  # the settings asked for now
-    outputs: Sequence[Path],  # what the stage wrote (removed when its settings changed)
-) -> bool:
-    """Remove the stamp and ``outputs`` of stage ``name`` when it was done with other settings; True if so."""
-    record = runner.read_stamp(name)
-    if record is None or record.settings == normalise_settings(settings):
-        return False
-    changes = settings_differences(record.settings, normalise_settings(settings))
-    listed = "; ".join(changes[:4]) + (f"; ... ({len(changes)} in all)" if len(changes) > 4 else "")
-    print(f"[{name}] settings changed ({listed}): running it again", flush=True)
-    for path in outputs:
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-    runner.stamp_path(name).unlink(missing_ok=True)
-    return True
 
 
 @dataclass(frozen=True)
@@ -251,11 +223,12 @@ class EvaluationLane:
             pending = []
             for job in lane:
                 settings[job] = self.job_settings(job)
-                forget_if_changed(runner, f"train_{job}", settings[job], [run_folder(self.out, job)])
-                if runner.is_done(f"train_{job}", settings[job]) is None:
+                done = runner.is_done(f"train_{job}", settings[job], on_change=OnSettingsChange.RERUN,
+                                      outputs=[run_folder(self.out, job)])
+                if done is None:
                     pending.append(self.train_job(job))
                 else:
-                    runner.run(f"train_{job}", settings[job], _unreachable)  # records the reuse, prints the line
+                    runner.reuse(done)
             lanes.append(pending)
         if not any(lanes):
             return
@@ -360,18 +333,16 @@ class EvaluationLane:
         first = len(runner.records)
         self.train_all(runner)
         trained = list(runner.records[first:])
-        settings = self.directions_settings()
-        forget_if_changed(runner, "psp_directions", settings, [self.out / DIRECTIONS_FILE])
-        runner.run("psp_directions", settings, self.directions,
-                   title="pSp baseline: global emotion directions from the training crops")
+        runner.run("psp_directions", self.directions_settings(), self.directions,
+                   title="pSp baseline: global emotion directions from the training crops",
+                   on_change=OnSettingsChange.RERUN, outputs=[self.out / DIRECTIONS_FILE])
         sets, dropped = self.available_sets()
         if dropped:
             print(f"[evaluate] the world has no items for {', '.join(dropped)} (no side views): set(s) dropped",
                   flush=True)
-        settings = self.evaluate_settings(sets, dropped)
-        forget_if_changed(runner, "evaluate", settings, [self.out / EVALUATE_DIR])
-        record = runner.run("evaluate", settings, lambda: self.evaluate(sets, dropped),
-                            title=f"evaluation harness: {', '.join(sets)} (Tables 1 and 2)")
+        record = runner.run("evaluate", self.evaluate_settings(sets, dropped), lambda: self.evaluate(sets, dropped),
+                            title=f"evaluation harness: {', '.join(sets)} (Tables 1 and 2)",
+                            on_change=OnSettingsChange.RERUN, outputs=[self.out / EVALUATE_DIR])
         records = runner.records[first:]
         folder = self.out / EVALUATE_DIR
         from emoedit.evaluation.harness import RESULTS_FILE, TABLES_FILE
@@ -387,10 +358,6 @@ class EvaluationLane:
         )
 
 
-def _unreachable() -> StageResult:
-    raise AssertionError("a stamped stage was run again")
-
-
 __all__ = [
     "DIRECTIONS_FILE",
     "EVALUATE_CONFIG_FILE",
@@ -398,7 +365,6 @@ __all__ = [
     "EvaluationLane",
     "EvaluationLaneSummary",
     "build_evaluate_config",
-    "forget_if_changed",
     "job_checkpoint",
     "run_folder",
 ]

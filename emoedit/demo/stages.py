@@ -10,9 +10,14 @@ numbers). After a stage succeeds, :class:`StageRunner` writes the stamp
 Re-running with the same settings skips every stamped stage whose recorded ``files`` still
 exist (a stage whose stamp is missing simply runs again; the stage functions of the demo
 are themselves resumable — world generation, preprocessing and ``train.py ckpt_path=last``
-continue where they stopped). A stamp whose settings differ from the ones asked for raises
-:class:`StageSettingsError`: the folder holds the results of another configuration, and
-mixing them would be silent nonsense, so the user picks a new output folder or restarts.
+continue where they stopped). What happens to a stamp whose settings differ from the ones
+asked for is the caller's explicit choice, :class:`OnSettingsChange`:
+
+- ``REFUSE`` (the default; the method's stages): raise :class:`StageSettingsError` — the
+  folder holds the results of another configuration, and mixing them would be silent
+  nonsense, so the user picks a new output folder or restarts;
+- ``RERUN`` (the evaluation lane): remove the stage's outputs (the paths the caller names)
+  and its stamp, then run it again.
 
 Timing: each stage's wall time (of the run that did the work) is stored in its stamp;
 :meth:`StageRunner.report` lists them with the total.
@@ -21,9 +26,11 @@ Timing: each stage's wall time (of the run that did the work) is stored in its s
 from __future__ import annotations
 
 import datetime
+import enum
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,6 +50,14 @@ class StageError(RuntimeError):
 
 class StageSettingsError(StageError):
     """A stage was already done in this folder with other settings."""
+
+
+class OnSettingsChange(str, enum.Enum):
+    """What :meth:`StageRunner.is_done` / :meth:`StageRunner.run` do when the stage's stamp holds
+    other settings than the ones asked for now."""
+
+    REFUSE = "refuse"  # raise StageSettingsError (use a new output folder or --restart)
+    RERUN = "rerun"  # remove the stage's outputs and its stamp, then run it again
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,11 @@ def settings_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if old != new:
         return [f"{prefix or '(settings)'}: {_short(old)} → {_short(new)}"]
     return []
+
+
+def _listed(changes: Sequence[str], limit: int) -> str:
+    """The first ``limit`` of ``changes`` joined with "; ", and how many there are in all when more."""
+    return "; ".join(changes[:limit]) + (f"; ... ({len(changes)} in all)" if len(changes) > limit else "")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -174,24 +194,48 @@ class StageRunner:
                            finished=str(body.get("finished", "")), cpu_seconds=body.get("cpu_seconds"),
                            reused=True)
 
-    def is_done(self, name: str, settings: Mapping[str, Any]) -> StageRecord | None:
+    def is_done(
+        self,
+        name: str,  # stage name
+        settings: Mapping[str, Any],  # the settings asked for now
+        *,
+        on_change: OnSettingsChange = OnSettingsChange.REFUSE,  # what a stamp with other settings means
+        outputs: Sequence[str | os.PathLike[str]] = (),  # RERUN: what the stage wrote (removed with its stamp);
+        # relative paths are inside the output folder
+    ) -> StageRecord | None:
         """The stamp of ``name`` if the stage is done with exactly these settings and its files
-        exist; None if it must run. Raises :class:`StageSettingsError` if it was done with other settings."""
+        exist; None if it must run. The stamp is read once. A stamp with other settings:
+        ``REFUSE`` raises :class:`StageSettingsError`; ``RERUN`` removes ``outputs`` and the
+        stamp and returns None."""
+        on_change = OnSettingsChange(on_change)
         record = self.read_stamp(name)
         if record is None:
             return None
         wanted = normalise_settings(settings)
         if record.settings != wanted:
             changes = settings_differences(record.settings, wanted)
-            listed = "; ".join(changes[:6]) + (f"; ... ({len(changes)} in all)" if len(changes) > 6 else "")
-            raise StageSettingsError(
-                f"{self.out_dir}: stage '{name}' was done here with other settings ({listed}). "
-                "Use a new output folder (--out DIR) or start over in this one (--restart).")
+            if on_change is OnSettingsChange.REFUSE:
+                raise StageSettingsError(
+                    f"{self.out_dir}: stage '{name}' was done here with other settings ({_listed(changes, 6)}). "
+                    "Use a new output folder (--out DIR) or start over in this one (--restart).")
+            self._say(f"[{name}] settings changed ({_listed(changes, 4)}): running it again")
+            self._forget(name, outputs)
+            return None
         missing = [f for f in record.files if not (self.out_dir / f).exists()]
         if missing:
             self._say(f"[{name}] stamp found but {missing[0]} is missing: running it again")
             return None
         return record
+
+    def _forget(self, name: str, outputs: Sequence[str | os.PathLike[str]]) -> None:
+        """Remove ``outputs`` (files or folders) and the stamp of ``name``."""
+        for output in outputs:
+            path = self.out_dir / output
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.stamp_path(name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ running
     def run(
@@ -201,21 +245,31 @@ class StageRunner:
         work: Callable[[], StageResult],  # does the work (must itself be resumable if interrupted)
         *,
         title: str | None = None,  # human-readable description for the progress line
+        on_change: OnSettingsChange = OnSettingsChange.REFUSE,  # what a stamp with other settings means (is_done)
+        outputs: Sequence[str | os.PathLike[str]] = (),  # RERUN: what the stage wrote (is_done)
     ) -> StageRecord:
         """Run ``work`` unless the stage is already done with these settings; return its record."""
-        label = title or name
-        done = self.is_done(name, settings)
+        done = self.is_done(name, settings, on_change=on_change, outputs=outputs)
         if done is not None:
-            self.records.append(done)
-            self._say(f"[{name}] done earlier ({format_seconds(done.seconds)}): {label}")
-            return done
-        self._say(f"[{name}] {label} ...")
+            return self.reuse(done, title=title)
+        self._say(f"[{name}] {title or name} ...")
         start, cpu_start = time.perf_counter(), cpu_seconds()
         result = work()
         if not isinstance(result, StageResult):
             raise StageError(f"stage '{name}': the stage function returned {type(result).__name__}, not StageResult")
         seconds = time.perf_counter() - start
         return self.record(name, settings, result, seconds, cpu=cpu_seconds() - cpu_start)
+
+    def reuse(
+        self,
+        done: StageRecord,  # a stamp is_done returned
+        *,
+        title: str | None = None,  # human-readable description for the progress line
+    ) -> StageRecord:
+        """Count a stage done by an earlier run as this run's (for stages whose work runs outside :meth:`run`)."""
+        self.records.append(done)
+        self._say(f"[{done.name}] done earlier ({format_seconds(done.seconds)}): {title or done.name}")
+        return done
 
     def record(
         self,
@@ -292,6 +346,7 @@ class StageRunner:
 
 
 __all__ = [
+    "OnSettingsChange",
     "STAMP_DIR",
     "StageError",
     "StageRecord",
