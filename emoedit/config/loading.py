@@ -15,6 +15,12 @@ an optional ``all:`` section applied to every part first::
 Every key is checked against the part's schema: a misspelled key is a
 :class:`ConfigError` naming the file (or the command line) and the closest valid keys.
 Configs are saved as YAML, never pickled; hyperparameters travel as plain dicts.
+
+The building blocks are public for other loaders with another file layout (e.g.
+``emoedit evaluate``'s :func:`~emoedit.evaluation.config.load_evaluate_config`):
+:func:`structured_config` (a strict schema node), :func:`load_yaml_mapping` (a YAML file as a
+dict), :func:`split_override` / :func:`dotlist_to_dict` (``key=value`` strings),
+:func:`merge_config` (merge with key checks and "did you mean") and :func:`config_keys`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any, Iterable, Sequence, TypeVar
 from emoedit.atomic_io import atomic_write_text
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+import yaml
 
 T = TypeVar("T")
 
@@ -37,7 +44,8 @@ class ConfigError(ValueError):
     """A configuration problem, with the file (or the command line) it came from."""
 
 
-def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+def config_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a ``DictConfig`` (sections and their fields), ``prefix`` prepended."""
     keys: list[str] = []
     if isinstance(node, DictConfig):
         for key in node.keys():
@@ -45,12 +53,12 @@ def _valid_keys(node: Any, prefix: str = "") -> list[str]:
             keys.append(full)
             child = node._get_node(key)
             if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
-                keys.extend(_valid_keys(child, full + "."))
+                keys.extend(config_keys(child, full + "."))
     return keys
 
 
 def _unknown_key_error(base: DictConfig, bad_key: str, source: str) -> ConfigError:
-    candidates = _valid_keys(base)
+    candidates = config_keys(base)
     close = difflib.get_close_matches(bad_key, candidates, n=3, cutoff=0.5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return ConfigError(f"{source}: unknown config key '{bad_key}'.{hint}")
@@ -107,7 +115,21 @@ def _open_free_form(node: DictConfig) -> None:
                 _open_free_form(child)
 
 
-def _merge(base: DictConfig, overrides: dict, source: str) -> DictConfig:
+def structured_config(schema: type) -> DictConfig:
+    """The schema's defaults as a strict ``DictConfig`` (unknown keys rejected, ``dict`` fields open)."""
+    cfg: DictConfig = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    _open_free_form(cfg)
+    return cfg
+
+
+def merge_config(base: DictConfig, overrides: dict, source: str) -> DictConfig:
+    """``overrides`` (a plain nested dict) merged onto ``base``, every key checked first.
+
+    Raises:
+        ConfigError: starting with ``source`` (a file name, ``"command line"``, ...): an unknown
+            key with the closest valid keys ("Did you mean: ..."), or a value of the wrong type.
+    """
     _check_keys(base, overrides, source)
     try:
         merged: DictConfig = OmegaConf.merge(base, overrides)  # type: ignore[assignment]
@@ -122,7 +144,13 @@ def _merge(base: DictConfig, overrides: dict, source: str) -> DictConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def _load_yaml(path: Path) -> dict:
+def load_yaml_mapping(path: str | os.PathLike) -> dict:
+    """A YAML file's top-level mapping as a plain dict (interpolations left unresolved).
+
+    Raises:
+        ConfigError: naming ``path``: missing, not valid YAML, or not a mapping at the top level.
+    """
+    path = Path(path)
     try:
         loaded = OmegaConf.load(path)
     except FileNotFoundError:
@@ -134,27 +162,40 @@ def _load_yaml(path: Path) -> dict:
     return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
 
 
+def split_override(arg: str, source: str = "command line") -> tuple[str, str]:
+    """``"key=value"`` → ``(key, value)`` (split at the first ``=``); ``ConfigError`` otherwise."""
+    if "=" not in arg:
+        raise ConfigError(f"{source}: expected key=value, got '{arg}'")
+    key, value = arg.split("=", 1)
+    if not key:
+        raise ConfigError(f"{source}: empty key in '{arg}'")
+    return key, value
+
+
+def dotlist_to_dict(dotlist: Sequence[str], source: str = "command line") -> dict:
+    """``key=value`` strings (OmegaConf dotlist syntax, YAML values) as a nested plain dict."""
+    for arg in dotlist:
+        split_override(arg, source)
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(list(dotlist)), resolve=False)
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ConfigError(f"{source}: cannot parse overrides ({err})") from None
+    return parsed  # type: ignore[return-value]
+
+
 def parse_overrides(args: Sequence[str]) -> tuple[dict, str | None]:
     """Split ``key=value`` arguments into a nested dict and the ``experiment`` name."""
     experiment = None
     dotlist: list[str] = []
     for arg in args:
-        if "=" not in arg:
-            raise ConfigError(f"command line: expected key=value, got '{arg}'")
-        key, value = arg.split("=", 1)
-        if not key:
-            raise ConfigError(f"command line: empty key in '{arg}'")
+        key, value = split_override(arg)
         if key == "experiment":
             experiment = value
         elif key == "logger" and value in ("none", "wandb", "csv"):
             dotlist.append(f"logger.kind={value}")  # shorthand: logger=none
         else:
-            dotlist.append(f"{key}={value}")
-    try:
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist(dotlist), resolve=False)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"command line: cannot parse overrides ({err})") from None
-    return parsed, experiment  # type: ignore[return-value]
+            dotlist.append(arg)
+    return dotlist_to_dict(dotlist), experiment
 
 
 def compose_config(
@@ -186,10 +227,7 @@ def compose_config(
     cli, cli_experiment = parse_overrides(overrides)
     experiment = cli_experiment or experiment
 
-    cfg: DictConfig = OmegaConf.structured(schema)
-    OmegaConf.set_struct(cfg, True)
-    _open_free_form(cfg)
-    cfg = _merge(cfg, {"part": part}, "train.py")
+    cfg = merge_config(structured_config(schema), {"part": part}, "train.py")
 
     if base_files is None:
         default = config_dir / f"{part}.yaml"
@@ -199,24 +237,24 @@ def compose_config(
     for base_file in files:
         if not base_file.is_file():
             raise ConfigError(f"{base_file}: no such config file (a base file of part '{part}')")
-        cfg = _merge(cfg, _load_yaml(base_file), str(base_file))
+        cfg = merge_config(cfg, load_yaml_mapping(base_file), str(base_file))
 
     if experiment:
         exp_file = config_dir / "experiment" / f"{experiment}.yaml"
         if not exp_file.exists():
             available = sorted(p.stem for p in (config_dir / "experiment").glob("*.yaml"))
             raise ConfigError(f"{exp_file}: no such experiment; available: {', '.join(available) or 'none'}")
-        content = _load_yaml(exp_file)
+        content = load_yaml_mapping(exp_file)
         for section in content:
             if not isinstance(content[section], dict):
                 raise ConfigError(f"{exp_file}: top-level key '{section}' must map to a section of overrides")
         if EXPERIMENT_ALL in content:
-            cfg = _merge(cfg, content[EXPERIMENT_ALL], f"{exp_file} [{EXPERIMENT_ALL}]")
+            cfg = merge_config(cfg, content[EXPERIMENT_ALL], f"{exp_file} [{EXPERIMENT_ALL}]")
         if part in content:
-            cfg = _merge(cfg, content[part], f"{exp_file} [{part}]")
+            cfg = merge_config(cfg, content[part], f"{exp_file} [{part}]")
 
     if cli:
-        cfg = _merge(cfg, cli, "command line")
+        cfg = merge_config(cfg, cli, "command line")
 
     try:
         OmegaConf.resolve(cfg)
@@ -238,10 +276,7 @@ def config_to_plain(cfg: Any) -> Any:
 
 def config_from_plain(schema: type[T], plain: dict, source: str = "config") -> T:
     """Validate a plain dict against ``schema`` and return the dataclass instance."""
-    base = OmegaConf.structured(schema)
-    OmegaConf.set_struct(base, True)
-    _open_free_form(base)
-    merged = _merge(base, plain, source)
+    merged = merge_config(structured_config(schema), plain, source)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
 
 

@@ -6,9 +6,10 @@ cfg = load_evaluate_config("configs/evaluate/demo.yaml", ["max_items=7", "method
 
 Order (later wins): the dataclass defaults → the YAML file → the overrides. Every key is
 checked against the schema (a misspelled key is a :class:`~emoedit.config.ConfigError`
-naming the source and the closest valid keys). Overrides use OmegaConf's dotlist syntax
-(``judges.emotion=PATH``, ``sets=[seen]``); a list field also takes a comma-separated
-value (``methods=ours,wo_shape``), which is what a W&B sweep passes with
+naming the source and the closest valid keys); the YAML reading, the key checks and the
+merging are :mod:`emoedit.config.loading`'s, as for ``train.py``. Overrides use OmegaConf's
+dotlist syntax (``judges.emotion=PATH``, ``sets=[seen]``); a list field also takes a
+comma-separated value (``methods=ours,wo_shape``), which is what a W&B sweep passes with
 ``${args_no_hyphens}``. Relative paths are relative to the working directory (the
 repository root, as for ``train.py``).
 
@@ -29,16 +30,23 @@ no regressor. The choice is part of the resume fingerprint and is named in the t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from emoedit.config import ConfigError
+from emoedit.config import (
+    ConfigError,
+    config_keys,
+    dotlist_to_dict,
+    load_yaml_mapping,
+    merge_config,
+    split_override,
+    structured_config,
+)
 from emoedit.evaluation.splits import EVALUATION_SETS
 
 #: Values of ``rereconstruct`` (how the geometry columns re-reconstruct a video).
@@ -130,17 +138,6 @@ class EvaluateConfig:
         return dataclasses.asdict(self)
 
 
-def _valid_keys(node: Any, prefix: str = "") -> list[str]:
-    keys: list[str] = []
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            keys.append(f"{prefix}{key}")
-            child = node._get_node(key)
-            if isinstance(child, DictConfig):
-                keys.extend(_valid_keys(child, f"{prefix}{key}."))
-    return keys
-
-
 def _list_fields(cls: type, prefix: str = "") -> set[str]:
     """Dotted names of the ``list[...]`` fields of a (nested) dataclass schema."""
     out: set[str] = set()
@@ -156,37 +153,34 @@ def _list_fields(cls: type, prefix: str = "") -> set[str]:
 
 def evaluate_config_keys() -> list[str]:
     """Every valid dotted key of :class:`EvaluateConfig` (for messages and the sweep test)."""
-    return _valid_keys(OmegaConf.structured(EvaluateConfig))
+    return config_keys(OmegaConf.structured(EvaluateConfig))
+
+
+def _comma_items(value: str) -> list[str]:
+    """``"a, b,c"`` → ``["a", "b", "c"]`` (empty items dropped)."""
+    return [p.strip() for p in value.split(",") if p.strip()]
 
 
 def _normalise_override(arg: str, lists: set[str]) -> str:
-    if "=" not in arg:
-        raise ConfigError(f"command line: expected key=value, got '{arg}'")
-    key, value = arg.split("=", 1)
-    if not key:
-        raise ConfigError(f"command line: empty key in '{arg}'")
+    """A ``key=a,b`` override of a list field as ``key=['a', 'b']``; any other override unchanged."""
+    key, value = split_override(arg)
     stripped = value.strip()
     if key in lists and not stripped.startswith("["):
-        parts = [p.strip() for p in stripped.split(",") if p.strip()]
-        quoted = ", ".join("'" + p.replace("'", "\\'") + "'" for p in parts)
+        quoted = ", ".join("'" + p.replace("'", "\\'") + "'" for p in _comma_items(stripped))
         return f"{key}=[{quoted}]"
     return arg
 
 
-def _merge(base: DictConfig, update: Any, source: str) -> DictConfig:
-    try:
-        merged = OmegaConf.merge(base, update)
-    except (ConfigKeyError, ConfigAttributeError) as err:
-        key = str(getattr(err, "full_key", None) or err)
-        close = difflib.get_close_matches(key, _valid_keys(base), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ConfigError(f"{source}: unknown config key '{key}'.{hint}") from None
-    except ValidationError as err:
-        raise ConfigError(f"{source}: invalid value for '{err.full_key}': {err.msg}") from None
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{source}: {err}") from None
-    assert isinstance(merged, DictConfig)
-    return merged
+def _split_comma_lists(content: dict, lists: set[str]) -> dict:
+    """``content`` (a YAML file's mapping) with a comma-separated string under a list field as a list."""
+    for dotted in lists:
+        *sections, leaf = dotted.split(".")
+        node: Any = content
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(leaf), str):
+            node[leaf] = _comma_items(node[leaf])
+    return content
 
 
 def check_config(cfg: EvaluateConfig) -> EvaluateConfig:
@@ -252,33 +246,16 @@ def load_evaluate_config(
     overrides: Sequence[str] = (),  # key=value strings (OmegaConf dotlist; lists also as a,b,c)
 ) -> EvaluateConfig:
     """Compose and check an :class:`EvaluateConfig` (see the module docstring)."""
-    base: DictConfig = OmegaConf.structured(EvaluateConfig)
-    OmegaConf.set_struct(base, True)
-    OmegaConf.set_struct(base.items_per_set, False)  # its keys are set names (checked in check_config)
+    base = structured_config(EvaluateConfig)  # items_per_set (a dict field) takes any set name: check_config checks
+    lists = _list_fields(EvaluateConfig)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: evaluation config file not found")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # yaml errors
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        lists = _list_fields(EvaluateConfig)
-        for key in lists:  # a comma-separated string in the file is a list as well
-            value = OmegaConf.select(loaded, key, default=None)
-            if isinstance(value, str):
-                OmegaConf.update(loaded, key, [p.strip() for p in value.split(",") if p.strip()], merge=False)
-        base = _merge(base, loaded, str(path))
+        base = merge_config(base, _split_comma_lists(load_yaml_mapping(path), lists), str(path))
     if overrides:
-        lists = _list_fields(EvaluateConfig)
         dotlist = [_normalise_override(arg, lists) for arg in overrides]
-        try:
-            update = OmegaConf.from_dotlist(dotlist)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"command line: cannot parse overrides ({err})") from None
-        base = _merge(base, update, "command line")
+        base = merge_config(base, dotlist_to_dict(dotlist), "command line")
     if OmegaConf.is_missing(base, "world"):
         raise ConfigError("evaluate config: world: the synthetic world folder is required (world=PATH or --world)")
     try:
