@@ -95,16 +95,14 @@ def check_trainer_args(trainer_args: dict[str, Any]) -> dict[str, Any]:
     """Validate ``trainer.*`` keys against ``pytorch_lightning.Trainer``'s signature."""
     import pytorch_lightning as pl
 
-    from emoedit.config import ConfigError
+    from emoedit.config import ConfigError, did_you_mean
 
     valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
     for key in trainer_args:
         if key in _RESERVED_TRAINER_ARGS:
             raise ConfigError(f"trainer.{key} is set by train.py (use the logger/checkpoint sections or output_dir)")
         if key not in valid:
-            close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join('trainer.' + c for c in close)}?" if close else ""
-            raise ConfigError(f"unknown Trainer argument 'trainer.{key}'.{hint}")
+            raise ConfigError(f"unknown Trainer argument 'trainer.{key}'.{did_you_mean(key, valid, prefix='trainer.')}")
     return dict(trainer_args)
 
 

@@ -57,11 +57,15 @@ def config_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def did_you_mean(bad_key: str, candidates: Iterable[str], *, prefix: str = "") -> str:
+    """`` Did you mean: a, b?`` naming up to 3 of ``candidates`` close to ``bad_key`` (each shown
+    with ``prefix``), or ``""`` when none is close."""
+    close = difflib.get_close_matches(bad_key, sorted(candidates), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(prefix + c for c in close)}?" if close else ""
+
+
 def _unknown_key_error(base: DictConfig, bad_key: str, source: str) -> ConfigError:
-    candidates = config_keys(base)
-    close = difflib.get_close_matches(bad_key, candidates, n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return ConfigError(f"{source}: unknown config key '{bad_key}'.{hint}")
+    return ConfigError(f"{source}: unknown config key '{bad_key}'.{did_you_mean(bad_key, config_keys(base))}")
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
