@@ -68,8 +68,10 @@ from emoedit.machine import machine_info  # noqa: E402
 from emoedit.shape_checks import assert_shape  # noqa: E402
 
 PARTS = ("tgan", "texture_encoder", "classifier")
-EDIT_ROWS = ("eq. 3 (own directions)", "eq. 4 (classifier)", "mean direction (w/o classifier)")
-DIAGNOSTIC_PREFIX = "diagnostic: I + Δ of "  # the method's change G(x) − G(x0) added to the input texture
+EDIT_ROWS = ("eq. 3 (own directions)", "eq. 4 (classifier)", "mean direction (w/o classifier)", "floor G(E(truth))")
+# The method's change Δ = G(x) − G(x0) added to the input texture itself: what the pipeline's
+# ``residual`` and ``warp`` texture modes put on the face (``replace`` puts G(x) there).
+DIAGNOSTIC_PREFIX = "residual: I + Δ of "
 EXPERIMENT = "demo"
 
 
@@ -548,9 +550,14 @@ def markdown_tables(results: dict[str, Any]) -> str:
 def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, directions: Any) -> Networks:
     from emoedit.networks.psp_encoder import PSPEncoder
     from emoedit.networks.subject_classifier import SubjectClassifier
+    from emoedit.networks.stylegan2.checkpoint import finetunes_generator, load_encoder_generator
     from lightning_modules.texture_encoder import load_tgan_generator
 
-    generator, _, _ = load_tgan_generator(tgan_ckpt)
+    ckpt = torch.load(encoder_ckpt, map_location="cpu", weights_only=True)
+    if finetunes_generator(ckpt):  # jointly fine-tuned: decode with the encoder's own generator
+        generator = load_encoder_generator(ckpt, path=encoder_ckpt)
+    else:
+        generator, _, _ = load_tgan_generator(tgan_ckpt)
     return Networks(encoder=PSPEncoder.from_checkpoint(encoder_ckpt), generator=generator.float(),
                     classifier=SubjectClassifier.from_checkpoint(classifier_ckpt), directions=directions)
 
