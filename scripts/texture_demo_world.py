@@ -68,7 +68,9 @@ from emoedit.machine import machine_info  # noqa: E402
 from emoedit.shape_checks import assert_shape  # noqa: E402
 
 PARTS = ("tgan", "texture_encoder", "classifier")
-EDIT_ROWS = ("eq. 3 (own directions)", "eq. 4 (classifier)", "mean direction (w/o classifier)", "floor G(E(truth))")
+EQ4_TAU = "eq. 4 (classifier, calibrated τ)"  # softmax(f(I) / τ), τ from leave-one-subject-out (subject_temperature)
+EDIT_ROWS = ("eq. 3 (own directions)", "eq. 4 (classifier)", EQ4_TAU, "mean direction (w/o classifier)",
+             "floor G(E(truth))")
 # The method's change Δ = G(x) − G(x0) added to the input texture itself: what the pipeline's
 # ``residual`` and ``warp`` texture modes put on the face (``replace`` puts G(x) there).
 DIAGNOSTIC_PREFIX = "residual: I + Δ of "
@@ -244,6 +246,29 @@ def solve_training_directions(
     return accumulator.solve(subjects=selection.train_subjects, emotions=present, missing="error")
 
 
+def calibrate_temperature(cache: str, classifier: Any, directions: Any, selection: TrainingSelection) -> Any:
+    """Eq. 4's softmax temperature, leave-one-subject-out
+    (:func:`~emoedit.editing.subject_temperature.calibrate_subject_temperature`) on the training
+    subjects' neutral training textures: each subject's textures, its own logit dropped, mix the
+    other subjects' directions; the τ whose mixtures best match its own directions wins."""
+    from emoedit.data.cache import CacheReader
+    from emoedit.editing.subject_temperature import calibrate_subject_temperature
+
+    reader = CacheReader.open(cache, kind="textures")
+    index = reader.records().where(view="front", subject=list(selection.train_subjects), emotion=NEUTRAL)
+    index = index.select(~index.mask("clip", list(selection.eval_clip_ids)))
+    order = [classifier.subjects.index(s) for s in directions.subjects]
+    logits, rows = [], []
+    classifier.eval()
+    for clip in index.unique("clip"):
+        uv = reader.load_clip(str(clip), fields=("uv_texture",))["uv_texture"].float().div(255.0)
+        with torch.no_grad():
+            logits.append(classifier(uv * 2.0 - 1.0).logits[:, order])
+        rows.append(torch.full((uv.shape[0],), directions.subjects.index(str(clip).split("/")[0]), dtype=torch.int64))
+    solved = directions.solved_mask
+    return calibrate_subject_temperature(torch.cat(logits), torch.cat(rows), directions.directions[:, solved])
+
+
 # --------------------------------------------------------------------------- step 5: textures
 @dataclass(frozen=True)
 class ExtractedClip:
@@ -363,9 +388,12 @@ def evaluate(
     eval_frame_stride: int = 2,  # every n-th frame of the evaluation clips
     batch_size: int = 32,  # textures per network call
     emotions: Sequence[str] | None = None,  # target emotions (default: every solved emotion)
+    subject_temperature: float | None = None,  # calibrated τ of eq. 4's softmax: adds the EQ4_TAU row
     log: Callable[[str], None] = print,  # progress messages
 ) -> dict[str, Any]:
     """Measurements (a)–(c) of the module docstring as a JSON-able dict."""
+    from emoedit.editing.subject_temperature import temper_weights
+
     from emoedit.data.cache import CacheReader
     from emoedit.editing.texture_editor import TextureEditor
 
@@ -461,6 +489,9 @@ def evaluate(
                                                                        texture_size),
                     "floor G(E(truth))": networks.decode(networks.encode(y), texture_size),
                 }
+                if subject_temperature is not None:
+                    outputs[EQ4_TAU] = networks.decode(editor(
+                        x0, code, subject_weights=temper_weights(weights, subject_temperature)).wplus, texture_size)
                 if own:
                     index_rows = editor.subject_index([source.key.subject] * len(frames))
                     outputs["eq. 3 (own directions)"] = networks.decode(
@@ -497,7 +528,7 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- tables
-ROW_ORDER = ("input (unedited)", "G(E(I)) (no edit)", "eq. 3 (own directions)", "eq. 4 (classifier)",
+ROW_ORDER = ("input (unedited)", "G(E(I)) (no edit)", "eq. 3 (own directions)", "eq. 4 (classifier)", EQ4_TAU,
              "mean direction (w/o classifier)", "floor G(E(truth))")
 DIAGNOSTIC_ROWS = tuple(DIAGNOSTIC_PREFIX + r for r in EDIT_ROWS)
 
@@ -517,6 +548,12 @@ def markdown_tables(results: dict[str, Any]) -> str:
     if own_val is not None:
         lines.append("| (b') classifier accuracy, its own validation clips (held-out training clips) | "
                      f"{own_val:.3f} |")
+    tau = results.get("subject_temperature")
+    if tau:
+        scores = ", ".join(f"τ={c:g}: {v:.3f}" for c, v in zip(tau["candidates"], tau["scores"]))
+        lines.append(f"| eq. 4 temperature, leave-one-subject-out on training textures ({tau['textures']}): "
+                     f"mean cosine to the held-out subject's own directions | τ = {tau['temperature']:g} chosen "
+                     f"({scores}; plain mean of the others {tau['mean_score']:.3f}) |")
     check = m.get("extraction_check")
     if check:
         lines.append(f"| like-with-like check: direct extraction vs preprocess cache (neutral eval clips) | "
@@ -663,8 +700,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     networks = load_networks(training["tgan"]["checkpoint"], encoder_ckpt, training["classifier"]["checkpoint"],
                              directions)
+    calibration = calibrate_temperature(cache, networks.classifier, directions, selection)
+    out["subject_temperature"] = calibration.as_dict()
+    print(f"eq. 4 temperature (leave-one-subject-out): {calibration.as_dict()}", flush=True)
     out["metrics"] = evaluate(world, networks, selection, cache=cache, texture_size=args.texture_size,
-                              eval_frame_stride=args.eval_frame_stride)
+                              eval_frame_stride=args.eval_frame_stride, subject_temperature=calibration.temperature)
     out["times"]["evaluate_s"] = time.perf_counter() - t0
     text = markdown_tables(out)
     atomic_write_text(work / "results.json", json.dumps(out, indent=2, default=str) + "\n")

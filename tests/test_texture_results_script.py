@@ -123,8 +123,10 @@ def _untrained_networks(world, selection) -> object:
 def test_evaluate_gives_finite_figures_with_every_key(tiny):
     world, selection = tiny["world"], tiny["selection"]
     networks = _untrained_networks(world, selection)
+    calibration = demo.calibrate_temperature(tiny["cache"], networks.classifier, networks.directions, selection)
+    assert calibration.temperature in calibration.candidates and calibration.textures > 0
     metrics = demo.evaluate(world, networks, selection, cache=tiny["cache"], texture_size=32, eval_frame_stride=4,
-                            log=lambda _: None)
+                            subject_temperature=calibration.temperature, log=lambda _: None)
     recon = metrics["reconstruction_unseen"]
     assert recon["count"] > 0 and math.isfinite(recon["psnr"]) and math.isfinite(recon["l1"])
     cls = metrics["classifier_held_out"]
@@ -135,7 +137,7 @@ def test_evaluate_gives_finite_figures_with_every_key(tiny):
         block = metrics[f"edit_{group}"]
         rows = block["rows"]
         expected = {"input (unedited)", "G(E(I)) (no edit)", "eq. 4 (classifier)", "mean direction (w/o classifier)",
-                    "floor G(E(truth))"} | ({"eq. 3 (own directions)"} if own else set())
+                    "floor G(E(truth))", demo.EQ4_TAU} | ({"eq. 3 (own directions)"} if own else set())
         assert expected <= set(rows)
         assert ("eq. 3 (own directions)" in rows) == own
         for name, row in rows.items():
@@ -143,5 +145,6 @@ def test_evaluate_gives_finite_figures_with_every_key(tiny):
         assert set(block["per_emotion"]) == set(world.preset.emotions)
         assert all(math.isfinite(v) for v in block["change_cosine"].values())
         assert rows["input (unedited)"]["psnr"] > rows["G(E(I)) (no edit)"]["psnr"]  # untrained G: far off
-    text = demo.markdown_tables({"metrics": metrics})
+    text = demo.markdown_tables({"metrics": metrics, "subject_temperature": calibration.as_dict()})
+    assert "leave-one-subject-out" in text and demo.EQ4_TAU in text
     assert "eq. 4 (classifier)" in text and "floor G(E(truth))" in text and "(a) G(E(I))" in text
