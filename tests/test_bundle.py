@@ -361,6 +361,25 @@ def test_subjects_of_directions_and_classifier_must_agree(world, tmp_path):
         build_bundle(tmp_path / "b", sources_of(world, directions=other))
 
 
+def test_directions_temperature_reaches_the_texture_editor(world, built, tmp_path):
+    assert load_bundle(built, verify=False).texture_editor.subject_temperature == 1.0  # the paper by default
+    assert read_manifest(built)["parts"]["directions"]["info"]["subject_temperature"] == 1.0
+    tempered = EditDirections.load(world["directions"]).with_subject_temperature(6.0)
+    path = tempered.save(tmp_path / "tempered.pt")
+    out = tmp_path / "b"
+    build_bundle(out, sources_of(world, directions=path))
+    parts = load_bundle(out, verify=False)
+    assert parts.texture_editor.subject_temperature == 6.0
+    assert read_manifest(out)["parts"]["directions"]["info"]["subject_temperature"] == 6.0
+    ws = torch.randn(1, parts.texture_editor.num_ws, parts.texture_editor.w_dim)
+    code = torch.zeros(1, len(EMOTIONS))
+    code[0, 1] = 1.0
+    weights = torch.softmax(torch.tensor([[5.0, 0.0, -2.0]]), dim=-1)
+    paper = TextureEditor.from_directions(EditDirections.load(world["directions"]), parts.classifier.subjects)
+    assert torch.allclose(parts.texture_editor(ws, code, subject_weights=weights).wplus,
+                          paper(ws, code, subject_weights=torch.softmax(weights.log() / 6.0, dim=-1)).wplus, atol=1e-5)
+
+
 def test_wplus_mismatch_is_refused(world, tmp_path):
     from lightning_modules.tgan import TGANSystem
 

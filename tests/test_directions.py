@@ -271,3 +271,40 @@ def test_run_directions_end_to_end(tmp_path):
     assert torch.allclose(partial.directions[:, 0], loaded.directions[:, 0], atol=1e-5)  # happy untouched
     with pytest.raises(DirectionsError, match="does not hold"):
         run_directions(cache, ckpt, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], exclude_clips=["M009/nope"])
+
+
+# --------------------------------------------------------------------------- eq. 4's temperature τ
+def test_subject_temperature_field_round_trip_reorder_and_old_files(tmp_path):
+    from emoedit.editing.directions import DIRECTIONS_VERSION
+
+    latents, subjects, emotions, levels, _ = _planted()
+    result = solve_directions(latents, subjects, emotions, levels)
+    assert result.subject_temperature == 1.0 and "temperature" not in result.describe()  # the paper by default
+    record = {"temperature": 8.0, "candidates": [1.0, 8.0], "scores": [0.1, 0.3], "mean_score": 0.25}
+    tempered = result.with_subject_temperature(8, record)
+    assert tempered.subject_temperature == 8.0 and isinstance(tempered.subject_temperature, float)
+    assert tempered.extra["subject_temperature"] == record and "subject_temperature" not in result.extra  # a copy
+    assert "τ = 8 (calibrated leave-one-subject-out" in tempered.describe()
+    loaded = EditDirections.load(tempered.save(tmp_path / "tau.pt"))
+    assert loaded.subject_temperature == 8.0 and loaded.extra["subject_temperature"] == record
+    assert torch.equal(loaded.directions, result.directions)
+    assert loaded.reorder(["s3", "s1", "s2"]).subject_temperature == 8.0
+    by_hand = tempered.with_subject_temperature(2.5)  # no record: the stale calibration record is dropped
+    assert by_hand.subject_temperature == 2.5 and "subject_temperature" not in by_hand.extra
+    assert "τ = 2.5 (set by hand" in by_hand.describe()
+
+    body = torch.load(tmp_path / "tau.pt", weights_only=True)  # a file written before the field existed
+    del body["subject_temperature"]
+    assert body["version"] == DIRECTIONS_VERSION == 1
+    torch.save(body, tmp_path / "old.pt")
+    assert EditDirections.load(tmp_path / "old.pt").subject_temperature == 1.0
+
+    for bad in (0.0, -2.0, float("inf"), float("nan"), "2", True):
+        with pytest.raises(DirectionsError, match="subject_temperature"):
+            result.with_subject_temperature(bad)
+    with pytest.raises(DirectionsError, match="subject_temperature"):
+        EditDirections(directions=result.directions, subjects=result.subjects, emotions=result.emotions, level=3,
+                       counts=result.counts, neutral_counts=result.neutral_counts, subject_temperature=0.0)
+    with pytest.raises(DirectionsError, match="calibration record chose"):
+        result.with_subject_temperature(4.0, record)
+

@@ -137,3 +137,64 @@ def test_from_directions_file_reorders_to_classifier_subjects(tmp_path, editor):
     assert loaded.subject_index(["s1"]).tolist() == [1]
     state = loaded.state_dict()
     assert set(state) == {"directions", "mean_directions"}  # buffers
+
+
+# --------------------------------------------------------------------------- eq. 4's temperature τ
+def _tempered(tau: float) -> TextureEditor:
+    g = torch.Generator().manual_seed(0)
+    return TextureEditor(directions=torch.randn(N, E, K, C, generator=g), subjects=SUBJECTS, subject_temperature=tau)
+
+
+@pytest.mark.parametrize("tau", [0.5, 3.0])
+def test_eq4_with_temperature_mixes_by_softmax_of_scaled_logits(editor, tau):
+    tempered = _tempered(tau)
+    assert tempered.subject_temperature == tau and editor.subject_temperature == 1.0  # the paper by default
+    x0 = _x0(batch=2)
+    code = _codes(emotion_code_from_alpha("happy", 0.8), emotion_code_from_alpha("angry", 1.0))
+    logits = torch.tensor([[4.0, -1.0, 0.5], [0.0, 6.0, 2.0]])
+    out = tempered(x0, code, subject_weights=torch.softmax(logits, dim=-1))
+    expected = editor(x0, code, subject_weights=torch.softmax(logits / tau, dim=-1))  # τ = 1 editor, tempered weights
+    assert torch.allclose(out.wplus, expected.wplus, atol=1e-5)
+    assert not torch.allclose(out.wplus, editor(x0, code, subject_weights=torch.softmax(logits, dim=-1)).wplus)
+    # eq. 3 and the ablation ignore τ; α = 0 stays the identity; a one-hot softmax is still eq. 3
+    index = torch.tensor([2, 0])
+    assert torch.equal(tempered(x0, code, subject_index=index).wplus, editor(x0, code, subject_index=index).wplus)
+    assert torch.equal(tempered(x0, code, mode="mean").wplus, editor(x0, code, mode="mean").wplus)
+    assert torch.equal(tempered(x0, torch.zeros(2, E), subject_weights=torch.softmax(logits, -1)).wplus, x0)
+    one_hot = torch.nn.functional.one_hot(index, N).float()
+    assert torch.allclose(tempered(x0, code, subject_weights=one_hot).wplus,
+                          tempered(x0, code, subject_index=index).wplus, atol=1e-6)
+
+
+def test_eq4_with_a_large_temperature_is_the_mean_direction():
+    tempered = _tempered(1e6)
+    x0 = _x0(batch=2)
+    code = _codes(emotion_code_from_alpha("sad", 1.0), emotion_code_from_alpha("fear", 0.4))
+    confident = torch.softmax(torch.tensor([[9.0, 0.0, -3.0], [-2.0, 1.0, 8.0]]), dim=-1)
+    out = tempered(x0, code, subject_weights=confident)
+    assert torch.allclose(out.wplus, tempered(x0, code, mode="mean").wplus, atol=1e-4)
+
+
+def test_temperature_errors():
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="subject_temperature"):
+            _tempered(bad)
+    with pytest.raises(ValueError, match="row of zeros"):
+        _tempered(2.0)(_x0(batch=1), emotion_code_from_alpha("sad", 1.0)[None], subject_weights=torch.zeros(1, N))
+
+
+def test_from_directions_carries_the_temperature(tmp_path, editor):
+    directions = EditDirections(
+        directions=editor.directions.clone(), subjects=SUBJECTS, emotions=EMOTIONS, level=3,
+        counts=torch.ones(N, E, dtype=torch.int64), neutral_counts=torch.ones(N, dtype=torch.int64),
+    ).with_subject_temperature(4.0)
+    path = directions.save(tmp_path / "d.pt")
+    loaded = TextureEditor.load(path, subjects=["s2", "s3", "s1"])
+    assert loaded.subject_temperature == 4.0
+    assert TextureEditor.from_directions(directions).subject_temperature == 4.0
+    x0 = _x0(batch=1)
+    code = emotion_code_from_alpha("happy", 1.0)[None]
+    logits = torch.tensor([[3.0, 0.0, -1.0]])  # in the stored order s1, s2, s3
+    reordered = logits[:, [1, 2, 0]]
+    expected = editor(x0, code, subject_weights=torch.softmax(logits / 4.0, dim=-1)).wplus
+    assert torch.allclose(loaded(x0, code, subject_weights=torch.softmax(reordered, -1)).wplus, expected, atol=1e-5)

@@ -17,8 +17,9 @@ Pieces:
 - :func:`run_directions` — the ``emoedit directions`` entry: cache + encoder checkpoint →
   ``directions.pt``;
 - :class:`EditDirections` — the result with its subject / emotion names, the level, the
-  per-pair counts and the encoder checkpoint's SHA-256; ``save`` / ``load`` (atomic,
-  ``weights_only``).
+  per-pair counts, the encoder checkpoint's SHA-256 and eq. 4's softmax temperature τ
+  (``subject_temperature``: 1 = the paper; :mod:`emoedit.editing.subject_temperature`);
+  ``save`` / ``load`` (atomic, ``weights_only``).
 
 A subject without textures of some emotion at level L (or without neutral textures) is an
 error by default (``missing="error"``, naming the subjects and emotions). With
@@ -32,10 +33,11 @@ has every emotion of ``EMOTIONS`` (code order), the others are zero and not in
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -47,6 +49,8 @@ from emoedit.shape_checks import assert_finite, assert_shape
 DIRECTIONS_FORMAT = "emoedit-edit-directions"
 DIRECTIONS_VERSION = 1
 MISSING_POLICIES: tuple[str, ...] = ("error", "mean")
+#: Key of ``EditDirections.extra`` holding the calibration record of ``subject_temperature``.
+TEMPERATURE_RECORD_KEY = "subject_temperature"
 
 
 class DirectionsError(ValueError):
@@ -68,6 +72,7 @@ class EditDirections:
     missing: str = "error"  # policy used for missing pairs ("error" or "mean")
     solved: tuple[str, ...] | None = None  # emotions with directions; None = all of ``emotions``
     extra: dict[str, Any] = field(default_factory=dict)  # free plain data (e.g. the cache path, views)
+    subject_temperature: float = 1.0  # τ of eq. 4's softmax(f(I) / τ); 1 = the paper (> 0, finite)
 
     def __post_init__(self) -> None:
         n, e = len(self.subjects), len(self.emotions)
@@ -84,6 +89,7 @@ class EditDirections:
         if unknown:
             raise DirectionsError(f"EditDirections: solved emotions {unknown} are not among {list(self.emotions)}")
         object.__setattr__(self, "solved", solved)
+        object.__setattr__(self, "subject_temperature", _checked_temperature(self.subject_temperature))
 
     @property
     def num_subjects(self) -> int:
@@ -137,7 +143,30 @@ class EditDirections:
         ]
         if self.encoder_sha256:
             lines.append(f"encoder checkpoint sha256: {self.encoder_sha256[:16]}…")
+        if self.subject_temperature != 1.0:
+            how = "calibrated leave-one-subject-out" if TEMPERATURE_RECORD_KEY in self.extra else "set by hand"
+            lines.append(f"eq. 4 subject softmax temperature: τ = {self.subject_temperature:g} ({how}; 1 = the paper)")
         return "\n".join(lines)
+
+    def with_subject_temperature(
+        self,
+        temperature: float,  # τ of eq. 4's softmax(f(I) / τ) (> 0, finite; 1 = the paper)
+        calibration: Mapping[str, Any] | None = None,  # plain-data record of how τ was chosen; None = by hand
+    ) -> EditDirections:
+        """A copy with ``subject_temperature = temperature``. The record is stored under
+        ``extra["subject_temperature"]``; without one, a stale record of an earlier calibration is
+        dropped. A record holding a ``"temperature"`` must agree with ``temperature``."""
+        tau = _checked_temperature(temperature)
+        extra = {k: v for k, v in self.extra.items() if k != TEMPERATURE_RECORD_KEY}
+        if calibration is not None:
+            if not isinstance(calibration, Mapping):
+                raise DirectionsError(f"calibration must be a dict of plain data, got {type(calibration).__name__}")
+            record = dict(calibration)
+            if "temperature" in record and float(record["temperature"]) != tau:
+                raise DirectionsError(f"calibration record chose τ = {record['temperature']!r}, "
+                                      f"but the temperature given is {tau!r}")
+            extra[TEMPERATURE_RECORD_KEY] = record
+        return replace(self, subject_temperature=tau, extra=extra)
 
     def reorder(self, subjects: Sequence[str]) -> EditDirections:
         """The same directions with rows in the order of ``subjects`` (e.g. a classifier's)."""
@@ -154,6 +183,7 @@ class EditDirections:
             directions=self.directions[rows], subjects=names, emotions=self.emotions, level=self.level,
             counts=self.counts[rows], neutral_counts=self.neutral_counts[rows], encoder_sha256=self.encoder_sha256,
             missing=self.missing, solved=self.solved, extra=dict(self.extra),
+            subject_temperature=self.subject_temperature,
         )
 
     # ------------------------------------------------------------------ files
@@ -172,6 +202,7 @@ class EditDirections:
             "missing": self.missing,
             "solved": list(self.solved or ()),
             "extra": dict(self.extra),
+            "subject_temperature": float(self.subject_temperature),
         }
         return atomic_torch_save(body, path)
 
@@ -197,9 +228,20 @@ class EditDirections:
                 level=int(body["level"]), counts=body["counts"], neutral_counts=body["neutral_counts"],
                 encoder_sha256=body.get("encoder_sha256"), missing=body.get("missing", "error"),
                 solved=tuple(body["solved"]), extra=dict(body.get("extra") or {}),
+                subject_temperature=float(body.get("subject_temperature", 1.0)),  # absent in older files: the paper
             )
         except (KeyError, TypeError, ValueError) as err:
             raise DirectionsError(f"{path}: invalid directions file ({type(err).__name__}: {err})") from None
+
+
+def _checked_temperature(value: Any) -> float:
+    """``value`` as a float τ > 0, finite; :class:`DirectionsError` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DirectionsError(f"subject_temperature must be a positive finite number, got {value!r}")
+    tau = float(value)
+    if not (tau > 0 and math.isfinite(tau)):
+        raise DirectionsError(f"subject_temperature must be a positive finite number, got {value!r}")
+    return tau
 
 
 # --------------------------------------------------------------------------- solving

@@ -9,9 +9,11 @@ edits W+ latents ``x0`` (B, num_ws, w_dim):
 
       x = x0 + Σ_j a_j · d[i, j]
 
-- **anyone** (eq. 4), ``subject_weights`` (B, N) = softmax(f(I)) of the subject classifier::
+- **anyone** (eq. 4), ``subject_weights`` (B, N) = softmax(f(I)) of the subject classifier,
+  tempered by the editor's ``subject_temperature`` τ (1 = the paper, the default; a calibrated
+  τ > 1 softens a confident classifier's near one-hot weights, :mod:`emoedit.editing.subject_temperature`)::
 
-      x = x0 + Σ_j a_j · Σ_v w_v · d[v, j]
+      x = x0 + Σ_j a_j · Σ_v softmax(f(I) / τ)_v · d[v, j]      (w = softmax(log w / τ) on given weights)
 
 - **without classifier** (ablation), ``mode="mean"``::
 
@@ -25,6 +27,7 @@ paper trained). The directions are buffers; the subject names (rows) are kept as
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -34,6 +37,7 @@ from torch import Tensor, nn
 
 from emoedit.editing.directions import DirectionsError, EditDirections
 from emoedit.editing.emotion_code import EMOTIONS
+from emoedit.editing.subject_temperature import temper_weights
 from emoedit.shape_checks import assert_finite, assert_shape
 
 MODES: tuple[str, ...] = ("auto", "subject", "classifier", "mean")
@@ -57,6 +61,7 @@ class TextureEditor(nn.Module):
         subjects: Sequence[str],  # N subject names: row order of ``directions`` and of subject_weights
         emotions: Sequence[str] = EMOTIONS,  # E emotion names: order of ``directions``' columns and of the code
         solved: Sequence[str] | None = None,  # emotions that have directions; None = all (others may not be applied)
+        subject_temperature: float = 1.0,  # τ of eq. 4: subject_weights become softmax(log w / τ); 1 = the paper
     ) -> None:
         super().__init__()
         names, emotion_names = tuple(subjects), tuple(emotions)
@@ -68,6 +73,12 @@ class TextureEditor(nn.Module):
         unknown = [name for name in solved_names if name not in emotion_names]
         if unknown:
             raise ValueError(f"TextureEditor: solved emotions {unknown} are not among {emotion_names}")
+        tau = float(subject_temperature)
+        if not (tau > 0 and math.isfinite(tau)):
+            raise ValueError(
+                f"TextureEditor: subject_temperature must be a positive finite number, got {subject_temperature!r}"
+            )
+        self.subject_temperature: float = tau
         self.subjects: tuple[str, ...] = names
         self.emotions: tuple[str, ...] = emotion_names
         self.solved: tuple[str, ...] = tuple(name for name in emotion_names if name in solved_names)
@@ -82,11 +93,12 @@ class TextureEditor(nn.Module):
         directions: EditDirections,  # solved directions
         subjects: Sequence[str] | None = None,  # row order to use (e.g. the classifier's subjects); None = as stored
     ) -> TextureEditor:
-        """An editor over ``directions`` (rows reordered to ``subjects`` when given)."""
+        """An editor over ``directions`` (rows reordered to ``subjects`` when given), with their
+        eq. 4 temperature (``directions.subject_temperature``)."""
         if subjects is not None:
             directions = directions.reorder(subjects)
         return cls(directions=directions.directions, subjects=directions.subjects, emotions=directions.emotions,
-                   solved=directions.solved)
+                   solved=directions.solved, subject_temperature=directions.subject_temperature)
 
     @classmethod
     def load(
@@ -114,7 +126,7 @@ class TextureEditor(nn.Module):
         wplus: Tensor,  # (B, num_ws, w_dim) float: x0
         emotion_code: Tensor,  # (B, E) float strengths α >= 0 in EMOTIONS order
         *,
-        subject_weights: Tensor | None = None,  # (B, N) float >= 0 (softmax(f(I))): eq. 4
+        subject_weights: Tensor | None = None,  # (B, N) float >= 0 (softmax(f(I))): eq. 4, tempered by τ
         subject_index: Tensor | None = None,  # (B,) int64 in [0, N): eq. 3
         mode: str = "auto",  # "auto" (from the argument given), "subject", "classifier" or "mean" (ablation)
     ) -> TextureEditOutput:
@@ -153,6 +165,10 @@ class TextureEditor(nn.Module):
             if subject_weights.numel() and float(subject_weights.min()) < 0:
                 raise ValueError("subject_weights: weights must be >= 0 (softmax probabilities)")
             weights = subject_weights.to(self.directions.dtype)
+            if self.subject_temperature != 1.0:
+                if weights.numel() and bool((weights.sum(dim=-1) <= 0).any()):
+                    raise ValueError("subject_weights: a row of zeros cannot be tempered (τ != 1 needs weights)")
+                weights = temper_weights(weights, self.subject_temperature)  # rows renormalised to sum 1
             mixture = (weights[:, :, None] * code[:, None, :]).reshape(weights.shape[0], -1)  # (B, N·E)
             offset = mixture @ self.directions.reshape(-1, flat_size)
         offset = offset.reshape(wplus.shape[0], self.num_ws, self.w_dim).to(wplus.dtype)

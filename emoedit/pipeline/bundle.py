@@ -525,7 +525,8 @@ def _infos(loaded: _Loaded, slim: Mapping[str, Mapping[str, Any]], *, generator_
         "directions": {"subjects": list(loaded.directions.subjects), "num_ws": loaded.directions.num_ws,
                        "w_dim": loaded.directions.w_dim, "level": loaded.directions.level,
                        "solved": list(loaded.directions.solved or ()),
-                       "encoder_sha256": loaded.directions.encoder_sha256},
+                       "encoder_sha256": loaded.directions.encoder_sha256,
+                       "subject_temperature": loaded.directions.subject_temperature},
         "geometry": {"id_dim": loaded.geometry.shape_layout.id, "exp_dim": loaded.geometry.shape_layout.exp,
                      "face_model": dict(slim["geometry"].get(FACE_MODEL_KEY) or {})},
     }
