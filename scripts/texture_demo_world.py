@@ -250,23 +250,15 @@ def calibrate_temperature(cache: str, classifier: Any, directions: Any, selectio
     """Eq. 4's softmax temperature, leave-one-subject-out
     (:func:`~emoedit.editing.subject_temperature.calibrate_subject_temperature`) on the training
     subjects' neutral training textures: each subject's textures, its own logit dropped, mix the
-    other subjects' directions; the τ whose mixtures best match its own directions wins."""
+    other subjects' directions; the τ whose mixtures best match its own directions wins. The
+    library's :func:`~emoedit.editing.subject_temperature.calibrate_subject_temperature_on_cache`
+    on the front view without the evaluation clips (the directions' rows are the training subjects)."""
     from emoedit.data.cache import CacheReader
-    from emoedit.editing.subject_temperature import calibrate_subject_temperature
+    from emoedit.editing.subject_temperature import calibrate_subject_temperature_on_cache
 
     reader = CacheReader.open(cache, kind="textures")
-    index = reader.records().where(view="front", subject=list(selection.train_subjects), emotion=NEUTRAL)
-    index = index.select(~index.mask("clip", list(selection.eval_clip_ids)))
-    order = [classifier.subjects.index(s) for s in directions.subjects]
-    logits, rows = [], []
-    classifier.eval()
-    for clip in index.unique("clip"):
-        uv = reader.load_clip(str(clip), fields=("uv_texture",))["uv_texture"].float().div(255.0)
-        with torch.no_grad():
-            logits.append(classifier(uv * 2.0 - 1.0).logits[:, order])
-        rows.append(torch.full((uv.shape[0],), directions.subjects.index(str(clip).split("/")[0]), dtype=torch.int64))
-    solved = directions.solved_mask
-    return calibrate_subject_temperature(torch.cat(logits), torch.cat(rows), directions.directions[:, solved])
+    return calibrate_subject_temperature_on_cache(reader, classifier, directions, views=("front",),
+                                                  exclude_clips=selection.eval_clip_ids, batch_size=64)
 
 
 # --------------------------------------------------------------------------- step 5: textures

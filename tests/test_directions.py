@@ -308,3 +308,109 @@ def test_subject_temperature_field_round_trip_reorder_and_old_files(tmp_path):
     with pytest.raises(DirectionsError, match="calibration record chose"):
         result.with_subject_temperature(4.0, record)
 
+
+def _write_encoder(path: Path, seed: int = 0) -> Path:
+    from emoedit.networks.psp_encoder import PSPEncoder
+
+    torch.manual_seed(seed)
+    encoder = PSPEncoder(num_ws=4, w_dim=8, input_size=32, depth=10, widths=(8, 16, 32, 64)).eval()
+    encoder.set_average_latent(torch.randn(8))
+    torch.save({"hyper_parameters": {"part": "texture_encoder", "config": {}},
+                "psp_encoder_kwargs": encoder.init_kwargs,
+                "state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()}}, path)
+    return path
+
+
+def _write_classifier(path: Path, subjects: tuple[str, ...], seed: int = 0) -> Path:
+    """A tiny untrained subject classifier in train.py's checkpoint layout (what from_checkpoint reads)."""
+    from emoedit.networks.subject_classifier import (
+        CLASSIFIER_KWARGS_KEY,
+        CLASSIFIER_STATE_PREFIX,
+        SubjectClassifier,
+    )
+
+    torch.manual_seed(seed)
+    classifier = SubjectClassifier(subjects=subjects, input_size=32, depth=10, widths=(8, 16, 32, 64)).eval()
+    with torch.no_grad():
+        classifier.head.weight.mul_(20.0)  # confident logits, as a trained classifier's
+    torch.save({"hyper_parameters": {"part": "classifier", "config": {}},
+                CLASSIFIER_KWARGS_KEY: classifier.init_kwargs,
+                "state_dict": {f"{CLASSIFIER_STATE_PREFIX}{k}": v for k, v in classifier.state_dict().items()}}, path)
+    return path
+
+
+def test_run_directions_stores_a_given_or_calibrated_temperature(tmp_path):
+    from emoedit.atomic_io import sha256_file
+    from emoedit.data.cache import CacheReader
+    from emoedit.editing.directions import run_directions
+    from emoedit.editing.subject_temperature import calibrate_subject_temperature, classify_neutral_textures
+    from emoedit.networks.subject_classifier import SubjectClassifier
+
+    cache = write_texture_cache(tmp_path / "textures", subjects=("M001", "M002", "W003", "W004"))
+    encoder = _write_encoder(tmp_path / "encoder.ckpt")
+    classifier_ckpt = _write_classifier(tmp_path / "classifier.ckpt", ("W004", "M002", "W003", "M001"))
+    held_out = "M001/front/neutral/level_1/001"
+
+    plain = run_directions(cache, encoder, tmp_path / "plain.pt", "cpu", 5, emotions=["happy", "angry"])
+    assert plain.subject_temperature == 1.0 and "subject_temperature" not in plain.extra
+    fixed = run_directions(cache, encoder, tmp_path / "fixed.pt", "cpu", 5, emotions=["happy", "angry"],
+                           subject_temperature=3.0)
+    assert EditDirections.load(tmp_path / "fixed.pt").subject_temperature == 3.0
+    assert torch.equal(fixed.directions, plain.directions)
+
+    out = tmp_path / "calibrated.pt"
+    result = run_directions(cache, encoder, out, "cpu", 5, emotions=["happy", "angry"], missing="mean",
+                            classifier=classifier_ckpt, subject_temperature="calibrate", exclude_clips=[held_out])
+    assert result.subjects == ("W004", "M002", "W003", "M001")  # the classifier's order
+    loaded = EditDirections.load(out)
+    record = loaded.extra["subject_temperature"]
+    assert loaded.subject_temperature == record["temperature"] == result.subject_temperature
+    assert record["classifier_sha256"] == sha256_file(classifier_ckpt) and record["subjects"] == list(result.subjects)
+    assert record["textures"] == 3 * 4  # the neutral textures of every subject but the excluded clip's
+    # the same as calibrating by hand on the same textures, logits in the directions' row order
+    classifier = SubjectClassifier.from_checkpoint(classifier_ckpt)
+    reader = CacheReader.open(cache, kind="textures")
+    logits, rows = classify_neutral_textures(reader, classifier, loaded, exclude_clips=[held_out], batch_size=5)
+    assert logits.shape == (12, 4) and rows.tolist().count(loaded.subjects.index("M001")) == 0
+    expected = calibrate_subject_temperature(logits, rows, loaded.directions[:, loaded.solved_mask])
+    assert record["temperature"] == expected.temperature
+    assert record["scores"] == pytest.approx(list(expected.scores), abs=1e-6)
+
+    with pytest.raises(DirectionsError, match="needs the subject classifier"):
+        run_directions(cache, encoder, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], subject_temperature="calibrate")
+    with pytest.raises(DirectionsError, match="positive number or 'calibrate'"):
+        run_directions(cache, encoder, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], subject_temperature="warm")
+    with pytest.raises(DirectionsError, match="subject_temperature"):
+        run_directions(cache, encoder, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], subject_temperature=0.0)
+    with pytest.raises(DirectionsError, match="not among the subject classifier"):
+        run_directions(cache, encoder, tmp_path / "x.pt", "cpu", 5, emotions=["happy"], subjects=["M001", "X9"],
+                       classifier=classifier_ckpt, subject_temperature="calibrate")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_classify_neutral_textures_known_answer(tmp_path):
+    from emoedit.data.cache import CacheDataset, CacheReader
+    from emoedit.editing.directions import texture_to_network
+    from emoedit.editing.subject_temperature import classify_neutral_textures
+    from emoedit.networks.subject_classifier import SubjectClassifier
+
+    cache = write_texture_cache(tmp_path / "textures", frames=3)
+    latents, subjects, emotions, levels, _ = _planted()
+    directions = solve_directions(latents, ["M001" if s == "s1" else "M002" if s == "s2" else "W003" for s in subjects],
+                                  emotions, levels)
+    torch.manual_seed(0)
+    classifier = SubjectClassifier(subjects=("W003", "M001", "M002"), input_size=32, depth=10,
+                                   widths=(8, 16, 32, 64)).train()
+    reader = CacheReader.open(cache, kind="textures")
+    logits, rows = classify_neutral_textures(reader, classifier, directions, batch_size=2)
+    assert classifier.training  # its mode is restored
+    items = [item for item in CacheDataset(reader, fields=("uv_texture",)) if item["emotion"] == "neutral"]
+    classifier.eval()
+    with torch.no_grad():
+        direct = classifier(texture_to_network(torch.stack([i["uv_texture"] for i in items]))).logits
+    order = [classifier.subjects.index(s) for s in directions.subjects]
+    assert torch.allclose(logits, direct[:, order], atol=1e-5)
+    assert rows.tolist() == [directions.subjects.index(i["subject"]) for i in items]
+    with pytest.raises(DirectionsError, match="no class for the direction subjects"):
+        classify_neutral_textures(reader, SubjectClassifier(subjects=("M001", "M002"), input_size=32, depth=10,
+                                                            widths=(8, 16, 32, 64)), directions)

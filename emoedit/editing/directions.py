@@ -15,7 +15,7 @@ Pieces:
   MEAD cache never has to be held in memory;
 - :func:`encode_cache` — encodes a ``textures`` cache with a :class:`PSPEncoder` in batches;
 - :func:`run_directions` — the ``emoedit directions`` entry: cache + encoder checkpoint →
-  ``directions.pt``;
+  ``directions.pt`` (optionally with eq. 4's τ, given or calibrated with the subject classifier);
 - :class:`EditDirections` — the result with its subject / emotion names, the level, the
   per-pair counts, the encoder checkpoint's SHA-256 and eq. 4's softmax temperature τ
   (``subject_temperature``: 1 = the paper; :mod:`emoedit.editing.subject_temperature`);
@@ -49,6 +49,8 @@ from emoedit.shape_checks import assert_finite, assert_shape
 DIRECTIONS_FORMAT = "emoedit-edit-directions"
 DIRECTIONS_VERSION = 1
 MISSING_POLICIES: tuple[str, ...] = ("error", "mean")
+#: ``run_directions(subject_temperature=CALIBRATE)``: pick eq. 4's τ leave-one-subject-out.
+CALIBRATE = "calibrate"
 #: Key of ``EditDirections.extra`` holding the calibration record of ``subject_temperature``.
 TEMPERATURE_RECORD_KEY = "subject_temperature"
 
@@ -512,12 +514,42 @@ def run_directions(
     num_workers: int = 0,  # DataLoader workers reading shards
     verify_checksums: bool = True,  # verify each shard's SHA-256 on first load
     exclude_clips: Sequence[str] = (),  # clip ids (the cache's "clip" metadata) left out, e.g. held-out evaluation clips
+    classifier: Any | None = None,  # SubjectClassifier or its checkpoint path: default subjects (its order), calibration
+    subject_temperature: float | str = 1.0,  # eq. 4's τ: a number (1 = the paper) or "calibrate" (needs classifier)
 ) -> EditDirections:
     """``emoedit directions``: encode the cache's neutral and level-``level`` textures of
-    ``subjects`` (minus ``exclude_clips``) and write eq. 5's directions to ``out``. Returns what was written."""
+    ``subjects`` (minus ``exclude_clips``) and write eq. 5's directions to ``out``. Returns what was written.
+
+    With a ``classifier`` (a loaded :class:`~emoedit.networks.subject_classifier.SubjectClassifier`,
+    or a checkpoint path, loaded once here) and ``subjects=None``, the rows are its subjects in its
+    order. ``subject_temperature`` is stored with the directions: a number as is, ``"calibrate"``
+    picks τ leave-one-subject-out on the same neutral textures (same views, same excluded clips) with
+    the classifier (moved to ``device``;
+    :func:`~emoedit.editing.subject_temperature.calibrate_subject_temperature_on_cache`) and records
+    the calibration under ``extra["subject_temperature"]``."""
     from emoedit.data.cache import CacheReader
     from emoedit.networks.psp_encoder import PSPEncoder
 
+    calibrate = isinstance(subject_temperature, str)
+    if calibrate and subject_temperature != CALIBRATE:
+        raise DirectionsError(f"subject_temperature must be a positive number or {CALIBRATE!r}, "
+                              f"got {subject_temperature!r}")
+    if calibrate and classifier is None:
+        raise DirectionsError(f"subject_temperature={CALIBRATE!r} needs the subject classifier (classifier=)")
+    fixed_tau = None if calibrate else _checked_temperature(subject_temperature)
+    classifier_path: Path | None = None
+    if isinstance(classifier, (str, os.PathLike)):
+        from emoedit.networks.subject_classifier import SubjectClassifier
+
+        classifier_path = Path(classifier)
+        classifier = SubjectClassifier.from_checkpoint(classifier_path)
+    if classifier is not None and subjects is None:
+        subjects = list(classifier.subjects)
+    if calibrate and subjects is not None:
+        unknown = [s for s in subjects if s not in classifier.subjects]
+        if unknown:
+            raise DirectionsError(f"subjects {unknown[:5]} are not among the subject classifier's "
+                                  f"{len(classifier.subjects)} subjects, so τ cannot be calibrated")
     reader = CacheReader.open(cache, kind="textures", verify_checksums=verify_checksums)
     encoder = PSPEncoder.from_checkpoint(encoder_ckpt).to(device)
     index = reader.records()
@@ -554,5 +586,19 @@ def run_directions(
         extra={"cache": str(Path(cache).resolve()), "views": None if views is None else list(views),
                "encoder_checkpoint": str(Path(encoder_ckpt).resolve()), "excluded_clips": sorted(str(c) for c in exclude_clips)},
     )
+    if calibrate:
+        from emoedit.editing.subject_temperature import calibrate_subject_temperature_on_cache
+
+        calibration = calibrate_subject_temperature_on_cache(
+            reader, classifier.to(device), result, views=views, exclude_clips=exclude_clips, batch_size=batch_size,
+            num_workers=num_workers,
+        )
+        record: dict[str, Any] = {**calibration.as_dict(), "subjects": list(result.subjects)}  # per_subject's order
+        if classifier_path is not None:
+            record.update(classifier_checkpoint=str(classifier_path.resolve()),
+                          classifier_sha256=sha256_file(classifier_path))
+        result = result.with_subject_temperature(calibration.temperature, record)
+    elif fixed_tau != 1.0:
+        result = result.with_subject_temperature(fixed_tau)
     result.save(out)
     return result

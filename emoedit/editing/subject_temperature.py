@@ -19,14 +19,21 @@ not, the largest candidates win and eq. 4 approaches the ablation.
 
 Applying ``τ`` (:func:`temper_weights`) works on softmax weights, not logits:
 ``softmax(l / τ) = normalise(softmax(l) ** (1 / τ))``, so callers that keep only the
-classifier's weights (the pipeline averages them over a video) temper those.
+classifier's weights (the pipeline averages them over a video) temper those. The τ in use
+travels with the directions (``EditDirections.subject_temperature``, 1 = the paper) into the
+:class:`~emoedit.editing.texture_editor.TextureEditor`.
+
+On a ``textures`` cache, :func:`classify_neutral_textures` gathers the classifier's logits of
+the direction subjects' neutral textures (the same view filter and excluded clips as the
+directions) in batches, and :func:`calibrate_subject_temperature_on_cache` feeds them to the
+calibration (``emoedit directions --subject-temperature calibrate``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,10 +132,109 @@ def calibrate_subject_temperature(
     )
 
 
+def describe_calibration(
+    record: Mapping[str, Any],  # TemperatureCalibration.as_dict() (or the record stored with the directions)
+) -> str:
+    """A few lines for the command line: the chosen τ, the score of every candidate and of the plain mean."""
+    candidates, scores = list(record.get("candidates") or ()), list(record.get("scores") or ())
+    lines = [f"eq. 4 subject temperature: τ = {float(record['temperature']):g}, chosen leave-one-subject-out on "
+             f"{record.get('textures', '?')} neutral textures (1 = the paper)",
+             "  mean cosine of the held-out subject's mixture to its own directions:",
+             "    " + "  ".join(f"τ={float(c):g}: {float(v):.4f}" for c, v in zip(candidates, scores))]
+    if "mean_score" in record:
+        mean = float(record["mean_score"])
+        lines.append(f"    plain mean of the other subjects (τ → ∞, the ablation): {mean:.4f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- on a textures cache
+def classify_neutral_textures(
+    reader: Any,  # an opened CacheReader of kind "textures"
+    classifier: Any,  # a SubjectClassifier covering every subject of ``directions`` (run on its own device)
+    directions: Any,  # EditDirections: its subjects are the rows (and the subjects whose textures are used)
+    *,
+    views: Sequence[str] | None = ("front",),  # keep only these views (None: all; ignored when the cache has no 'view')
+    exclude_clips: Sequence[str] = (),  # clip ids (the cache's "clip" metadata) left out
+    batch_size: int = 32,  # textures per classifier pass
+    num_workers: int = 0,  # DataLoader workers reading shards
+    max_cached_shards: int = 4,  # shards kept in memory per worker
+) -> tuple[Tensor, Tensor]:
+    """Logits ``(M, N)`` float32 (columns in ``directions.subjects`` order) and rows ``(M,)`` int64
+    (each texture's subject, a row of ``directions``) of the cache's neutral textures of the
+    direction subjects, minus ``exclude_clips`` — the inputs of :func:`calibrate_subject_temperature`."""
+    from torch.utils.data import DataLoader
+
+    from emoedit.data.cache import CacheDataset, ShardLocalSampler
+    from emoedit.editing.directions import DirectionsError, texture_to_network
+    from emoedit.editing.emotion_code import NEUTRAL
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    subjects = tuple(directions.subjects)
+    unknown = [s for s in subjects if s not in classifier.subjects]
+    if unknown:
+        raise DirectionsError(f"the subject classifier has no class for the direction subjects {unknown[:5]} "
+                              f"(classifier subjects: {list(classifier.subjects)[:8]})")
+    order = torch.tensor([classifier.subjects.index(s) for s in subjects], dtype=torch.int64)
+    index = reader.records()
+    for name in ("subject", "emotion"):
+        if name not in index.names:
+            raise DirectionsError(f"{reader.root}: the cache has no {name!r} metadata "
+                                  "(needed to pick neutral textures)")
+    if views is not None and "view" in index.names:
+        index = index.where(view=list(views))
+    index = index.where(subject=list(subjects))
+    index = index.select(index.mask("emotion", NEUTRAL))
+    if exclude_clips:
+        if "clip" not in index.names:
+            raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
+        index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
+    if len(index) == 0:
+        raise DirectionsError(f"{reader.root}: no neutral textures of the direction subjects (views {views})")
+    dataset = CacheDataset(reader, fields=("uv_texture",), index=index, max_cached_shards=max_cached_shards)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=ShardLocalSampler(dataset.index, shuffle=False),
+                        num_workers=num_workers)
+    device = next(classifier.parameters()).device
+    row_of = {s: i for i, s in enumerate(subjects)}
+    logits, rows = [], []
+    was_training = classifier.training
+    classifier.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                out = classifier(texture_to_network(batch["uv_texture"]).to(device)).logits.float().cpu()
+                logits.append(out[:, order])
+                rows.append(torch.tensor([row_of[str(s)] for s in batch["subject"]], dtype=torch.int64))
+    finally:
+        classifier.train(was_training)
+    return torch.cat(logits), torch.cat(rows)
+
+
+def calibrate_subject_temperature_on_cache(
+    reader: Any,  # an opened CacheReader of kind "textures" (the one the directions were solved from)
+    classifier: Any,  # a SubjectClassifier covering every subject of ``directions``
+    directions: Any,  # EditDirections (eq. 5); only its solved emotions are compared
+    *,
+    views: Sequence[str] | None = ("front",),  # the directions' view filter
+    exclude_clips: Sequence[str] = (),  # the directions' excluded clips (held-out evaluation clips)
+    batch_size: int = 32,  # textures per classifier pass
+    num_workers: int = 0,  # DataLoader workers reading shards
+    candidates: Sequence[float] = DEFAULT_CANDIDATES,  # τ values to try (> 0)
+) -> TemperatureCalibration:
+    """:func:`calibrate_subject_temperature` on the logits of :func:`classify_neutral_textures`."""
+    logits, rows = classify_neutral_textures(reader, classifier, directions, views=views, exclude_clips=exclude_clips,
+                                             batch_size=batch_size, num_workers=num_workers)
+    solved = directions.solved_mask
+    return calibrate_subject_temperature(logits, rows, directions.directions[:, solved], candidates=candidates)
+
+
 __all__ = [
     "DEFAULT_CANDIDATES",
     "TemperatureCalibration",
     "calibrate_subject_temperature",
+    "calibrate_subject_temperature_on_cache",
+    "classify_neutral_textures",
+    "describe_calibration",
     "held_out_mixture_cosine",
     "temper_weights",
 ]
