@@ -8,7 +8,7 @@
     emoedit evaluate --config configs/evaluate/demo.yaml [key=value ...]
     emoedit synth --out DIR --preset {tiny,demo,demo_families,full} --seed N
     emoedit preprocess {mead,ffhq,videos} INPUT... --out DIR --stage {align,reconstruct,all} [...]
-    emoedit directions --cache DIR --encoder CKPT --out directions.pt
+    emoedit directions --cache DIR --encoder CKPT --out directions.pt [--classifier CKPT --subject-temperature calibrate]
     emoedit face-model convert-bfm09 --bfm 01_MorphableModel.mat --exp Exp_Pca.bin --aux DIR --out BFM_model_front.mat
     emoedit face-model export {procedural,deep3d,3ddfa} [--path P] --out model.pt
     emoedit face-model info MODEL.pt
@@ -172,16 +172,34 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
         raise CliError(f"{summary.clips_failed} clip(s) failed (listed above); re-run to retry them")
 
 
+def _subject_temperature(value: str, *, classifier: str | None) -> float | str:
+    """``--subject-temperature``: a positive finite number, or ``calibrate`` (needs ``--classifier``)."""
+    import math
+
+    from emoedit.editing.directions import CALIBRATE
+
+    text = value.strip().lower()
+    if text == CALIBRATE:
+        if not classifier:
+            raise CliError(f"--subject-temperature {CALIBRATE} needs --classifier (the subject classifier checkpoint)")
+        return CALIBRATE
+    try:
+        tau = float(text)
+    except ValueError:
+        raise CliError(f"--subject-temperature: expected a positive number or '{CALIBRATE}', got '{value}'") from None
+    if not (tau > 0 and math.isfinite(tau)):
+        raise CliError(f"--subject-temperature: must be a positive finite number (1 = the paper), got '{value}'")
+    return tau
+
+
 def _cmd_directions(args: argparse.Namespace) -> None:
     import torch
 
-    from emoedit.editing.directions import run_directions
+    from emoedit.editing.directions import TEMPERATURE_RECORD_KEY, run_directions
 
-    subjects = _csv(args.subjects)
-    if args.classifier:
-        from emoedit.networks.subject_classifier import SubjectClassifier
-
-        subjects = list(SubjectClassifier.from_checkpoint(args.classifier).subjects)
+    subject_temperature = _subject_temperature(args.subject_temperature, classifier=args.classifier)
+    # --classifier: run_directions loads it once, for the subjects (its order; over --subjects) and the calibration
+    subjects = None if args.classifier else _csv(args.subjects)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     excluded: list[str] = []
     if args.exclude_clips:
@@ -203,8 +221,14 @@ def _cmd_directions(args: argparse.Namespace) -> None:
         emotions=_csv(args.emotions),
         num_workers=args.num_workers,
         exclude_clips=excluded,
+        classifier=args.classifier or None,
+        subject_temperature=subject_temperature,
     )
     print(result.describe())
+    if TEMPERATURE_RECORD_KEY in result.extra:
+        from emoedit.editing.subject_temperature import describe_calibration
+
+        print(describe_calibration(result.extra[TEMPERATURE_RECORD_KEY]))
     print(f"wrote {args.out}")
 
 
@@ -306,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     directions.add_argument("--batch-size", type=int, default=32, help="textures per encoder pass")
     directions.add_argument("--subjects", help="comma-separated training subjects, in row order (default: all)")
     directions.add_argument("--classifier", help="take the subjects and their order from a classifier checkpoint")
+    directions.add_argument("--subject-temperature", default="1", metavar="TAU",
+                            help="softmax temperature of eq. 4's subject weights stored with the directions: a "
+                                 "positive number (default 1 = the paper) or 'calibrate' (leave-one-subject-out on "
+                                 "the neutral textures; needs --classifier)")
     directions.add_argument("--views", default="front", help="comma-separated views to use, or 'all'")
     directions.add_argument("--level", type=int, default=3, help="intensity level of the emotional means (MEAD max: 3)")
     directions.add_argument("--emotions", help="comma-separated emotions to solve (default: all 7)")

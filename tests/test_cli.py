@@ -29,3 +29,38 @@ def test_preprocess_bad_input_is_a_clear_error(tmp_path, capsys):
     code = main(["preprocess", "mead", str(tmp_path / "missing"), "--out", str(tmp_path / "c"), "--no-progress"])
     assert code == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_directions_subject_temperature_through_the_cli(tmp_path, capsys):
+    from emoedit.editing.directions import EditDirections
+    from tests.test_directions import _write_classifier, _write_encoder, write_texture_cache
+
+    cache = write_texture_cache(tmp_path / "textures", subjects=("M001", "M002", "W003"), frames=3)
+    encoder = _write_encoder(tmp_path / "encoder.ckpt")
+    classifier = _write_classifier(tmp_path / "classifier.ckpt", ("W003", "M001", "M002"))
+    base = ["directions", "--cache", str(cache), "--encoder", str(encoder), "--device", "cpu", "--batch-size", "4",
+            "--emotions", "happy,angry"]
+
+    for value, message in (("warm", "expected a positive number or 'calibrate'"), ("0", "positive finite"),
+                           ("-1", "positive finite"), ("nan", "positive finite"), ("inf", "positive finite"),
+                           ("calibrate", "needs --classifier")):
+        assert main([*base, "--out", str(tmp_path / "bad.pt"), "--subject-temperature", value]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()
+
+    assert main([*base, "--out", str(tmp_path / "paper.pt")]) == 0  # default: τ = 1, the paper
+    assert "temperature" not in capsys.readouterr().out
+    assert EditDirections.load(tmp_path / "paper.pt").subject_temperature == 1.0
+    assert main([*base, "--out", str(tmp_path / "fixed.pt"), "--subject-temperature", "2.5"]) == 0
+    assert "τ = 2.5 (set by hand" in capsys.readouterr().out
+    assert EditDirections.load(tmp_path / "fixed.pt").subject_temperature == 2.5
+
+    out = tmp_path / "calibrated.pt"
+    assert main([*base, "--out", str(out), "--classifier", str(classifier), "--subject-temperature", "calibrate"]) == 0
+    printed = capsys.readouterr().out
+    loaded = EditDirections.load(out)
+    record = loaded.extra["subject_temperature"]
+    assert loaded.subjects == ("W003", "M001", "M002") and loaded.subject_temperature == record["temperature"]
+    assert f"τ = {record['temperature']:g}, chosen leave-one-subject-out on 9 neutral textures" in printed
+    assert "plain mean of the other subjects" in printed and f"{record['mean_score']:.4f}" in printed
+    assert all(f"τ={c:g}: {s:.4f}" in printed for c, s in zip(record["candidates"], record["scores"]))
