@@ -69,8 +69,11 @@ from emoedit.shape_checks import assert_shape  # noqa: E402
 
 PARTS = ("tgan", "texture_encoder", "classifier")
 EQ4_TAU = "eq. 4 (classifier, calibrated τ)"  # softmax(f(I) / τ), τ from leave-one-subject-out (subject_temperature)
+# Uses the truth: x0 + mean over the clip's frames of E(truth) − E(input) — the best a single W+
+# direction per (clip, emotion) could do with these networks (what eq. 5 estimates from other clips).
+ORACLE = "oracle direction (clip's mean E(truth) − E(I))"
 EDIT_ROWS = ("eq. 3 (own directions)", "eq. 4 (classifier)", EQ4_TAU, "mean direction (w/o classifier)",
-             "floor G(E(truth))")
+             ORACLE, "floor G(E(truth))")
 # The method's change Δ = G(x) − G(x0) added to the input texture itself: what the pipeline's
 # ``residual`` and ``warp`` texture modes put on the face (``replace`` puts G(x) there).
 DIAGNOSTIC_PREFIX = "residual: I + Δ of "
@@ -479,8 +482,10 @@ def evaluate(
                         editor(x0, code, subject_weights=weights).wplus, texture_size),
                     "mean direction (w/o classifier)": networks.decode(editor(x0, code, mode="mean").wplus,
                                                                        texture_size),
-                    "floor G(E(truth))": networks.decode(networks.encode(y), texture_size),
                 }
+                truth_codes = torch.cat([networks.encode(y[r]) for r in _batches(len(frames), batch_size)])
+                outputs[ORACLE] = networks.decode(x0 + (truth_codes - x0).mean(dim=0, keepdim=True), texture_size)
+                outputs["floor G(E(truth))"] = networks.decode(truth_codes, texture_size)
                 if subject_temperature is not None:
                     outputs[EQ4_TAU] = networks.decode(editor(
                         x0, code, subject_weights=temper_weights(weights, subject_temperature)).wplus, texture_size)
@@ -521,7 +526,7 @@ def evaluate(
 
 # --------------------------------------------------------------------------- tables
 ROW_ORDER = ("input (unedited)", "G(E(I)) (no edit)", "eq. 3 (own directions)", "eq. 4 (classifier)", EQ4_TAU,
-             "mean direction (w/o classifier)", "floor G(E(truth))")
+             "mean direction (w/o classifier)", ORACLE, "floor G(E(truth))")
 DIAGNOSTIC_ROWS = tuple(DIAGNOSTIC_PREFIX + r for r in EDIT_ROWS)
 
 

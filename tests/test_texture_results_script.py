@@ -137,7 +137,7 @@ def test_evaluate_gives_finite_figures_with_every_key(tiny):
         block = metrics[f"edit_{group}"]
         rows = block["rows"]
         expected = {"input (unedited)", "G(E(I)) (no edit)", "eq. 4 (classifier)", "mean direction (w/o classifier)",
-                    "floor G(E(truth))", demo.EQ4_TAU} | ({"eq. 3 (own directions)"} if own else set())
+                    "floor G(E(truth))", demo.EQ4_TAU, demo.ORACLE} | ({"eq. 3 (own directions)"} if own else set())
         assert expected <= set(rows)
         assert ("eq. 3 (own directions)" in rows) == own
         for name, row in rows.items():
