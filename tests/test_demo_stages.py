@@ -208,6 +208,11 @@ def test_edit_plan_checks_and_edit_specs() -> None:
         dataclasses.replace(DEMO.edit, ablations=("no_brain",))
     with pytest.raises(ValueError, match="ablation_emotions"):
         dataclasses.replace(QUICK.edit, ablation_emotions=("sad",))
+    for bad in (0.0, -1.0, float("inf"), "hot", True):
+        with pytest.raises(ValueError, match="subject_temperature"):
+            dataclasses.replace(DEMO.edit, subject_temperature=bad)
+    assert DEMO.edit.subject_temperature == QUICK.edit.subject_temperature == "calibrate"
+    assert dataclasses.replace(DEMO.edit, subject_temperature=2).subject_temperature == 2
     specs = edit_specs(DEMO)
     names = [s.name for s in specs]
     assert len(names) == len(set(names)) == 7 + 5  # happy at strength 1 is not repeated in the intensity row

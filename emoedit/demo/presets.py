@@ -41,6 +41,7 @@ from typing import Any
 from emoedit.data.synthetic.presets import PRESETS as WORLD_PRESETS
 from emoedit.data.synthetic.presets import WorldPreset
 from emoedit.editing.emotion_code import EMOTIONS
+from emoedit.editing.directions import CALIBRATE
 
 #: Parts in the paper's training order (METHOD §4; the classifier and geometry editor do not
 #: depend on the t-GAN chain, so the demo may train them concurrently with it).
@@ -157,6 +158,8 @@ class EditPlan:
     detector: str = "dlib"  # faces at edit time: "dlib" (HOG + 68 points, as a user's video) or "truth" (the world's landmarks)
     detect_upsample: int = 1  # dlib: upsample x2 this many times (1 finds the ~60-px faces of 128-px frames)
     teeth_gate: float = 0.0  # warp mode: EditOptions.teeth_gate (fraction of the mouth width); other modes ignore it
+    subject_temperature: float | str = 1.0  # eq. 4's softmax temperature stored with the directions: a number
+    # (1 = the paper) or "calibrate" (leave-one-subject-out with the trained classifier; emoedit directions)
 
     def __post_init__(self) -> None:
         bad = [e for e in (*self.emotions, self.intensity_emotion) if e not in EMOTIONS]
@@ -181,6 +184,9 @@ class EditPlan:
             raise ValueError(f"EditPlan: intensities must lie in (0, 2], got {self.intensities}")
         if self.sheet_frames < 1:
             raise ValueError("EditPlan: sheet_frames must be >= 1")
+        tau = self.subject_temperature
+        if tau != CALIBRATE and not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau < float("inf")):
+            raise ValueError(f"EditPlan: subject_temperature must be a positive number or {CALIBRATE!r}, got {tau!r}")
 
 
 @dataclass(frozen=True)
@@ -346,7 +352,8 @@ QUICK = DemoPreset(
     ),
     edit=EditPlan(emotions=("happy", "angry", "surprised"), intensity_emotion="happy",
                   intensities=(1 / 3, 2 / 3, 1.0), sheet_frames=4, recon_refine=False, fitter_steps=(0, 0, 0),
-                  teeth=True, texture_mode="warp", teeth_gate=0.1, ablations=("no_texture", "no_edit"),
+                  teeth=True, texture_mode="warp", teeth_gate=0.1, subject_temperature=CALIBRATE,
+                  ablations=("no_texture", "no_edit"),
                   ablation_emotions=("happy",), detector="truth"),
     evaluation=EvaluationSettings(frame_stride=2, fit_photo_steps=20, fit_render_size=48),
     device="cpu",
@@ -386,6 +393,7 @@ DEMO = DemoPreset(
     edit=EditPlan(emotions=EMOTIONS, intensity_emotion="happy",
                   intensities=(1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0), sheet_frames=6, recon_refine=False,
                   fitter_steps=(0, 0, 0), teeth=True, texture_mode="warp", teeth_gate=0.1,
+                  subject_temperature=CALIBRATE,
                   ablations=("no_classifier", "no_shape", "no_texture", "no_teeth", "replace_texture",
                              "residual_texture", "no_edit"),
                   ablation_emotions=("happy", "angry", "surprised")),

@@ -59,6 +59,7 @@ from emoedit.atomic_io import atomic_write_bytes, atomic_write_text
 from emoedit.demo.presets import ABLATIONS, DemoPreset, get_preset
 from emoedit.demo.stages import StageResult, StageRunner, format_seconds
 from emoedit.demo.training import TrainJob, train_lanes
+from emoedit.editing.directions import CALIBRATE
 from emoedit.machine import machine_info
 
 if TYPE_CHECKING:
@@ -281,6 +282,15 @@ class _Demo:
         train_lanes(lanes, log_dir=self.runs_dir, on_start=on_start, on_done=on_done, progress=self.progress)
 
     # ------------------------------------------------------------------ stage: directions
+    def directions_settings(self, runner: StageRunner) -> dict[str, Any]:
+        """The encoder's training settings, eq. 4's temperature and, when it is calibrated, the classifier's."""
+        tau = self.preset.edit.subject_temperature
+        settings = {"encoder": runner.read_stamp("train_texture_encoder").settings,  # type: ignore[union-attr]
+                    "subject_temperature": tau}
+        if tau == CALIBRATE:
+            settings["classifier"] = runner.read_stamp("train_classifier").settings  # type: ignore[union-attr]
+        return settings
+
     def directions(self) -> StageResult:
         """Eq. 5 from the training records only (neutral + level 3 of the training subjects' front training clips)."""
         import torch
@@ -291,10 +301,13 @@ class _Demo:
         device = "cuda" if self.preset.device == "cuda" and torch.cuda.is_available() else "cpu"
         subjects = list(self.world.train_subjects)
         present = list(self.preset.world.emotions)  # the world's emotions, code order
+        tau = self.preset.edit.subject_temperature
         result = run_directions(self.cache_dir / "textures", self.checkpoint("texture_encoder"),
                                 self.out / "directions.pt", device=device, batch_size=64, subjects=subjects,
                                 views=("front",), level=MAX_LEVEL, emotions=present,
-                                exclude_clips=self.eval_clip_ids())
+                                exclude_clips=self.eval_clip_ids(),
+                                classifier=str(self.checkpoint("classifier")) if tau == CALIBRATE else None,
+                                subject_temperature=tau)
         records = int(result.counts.sum()) + int(result.neutral_counts.sum())
         return StageResult(outputs={"records": records, "subjects": len(subjects), "emotions": present,
                                     "describe": result.describe()}, files=("directions.pt",))
@@ -586,7 +599,7 @@ def _run(preset: DemoPreset, out: Path, *, progress: bool, evaluate: bool = Fals
     runner.run("preprocess", demo.preprocess_settings(), demo.preprocess,
                title="preprocess front clips: frames, coefficients, UV textures, mouth crops")
     demo.train_all(runner)
-    runner.run("directions", {"encoder": runner.read_stamp("train_texture_encoder").settings},  # type: ignore[union-attr]
+    runner.run("directions", demo.directions_settings(runner),
                demo.directions, title="edit directions (eq. 5) from the training records")
     runner.run("bundle", demo.bundle_settings(), demo.bundle, title="bundle the parts")
     runner.run("edit", demo.edit_settings(), demo.edit,
