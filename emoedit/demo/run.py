@@ -472,19 +472,27 @@ class _Demo:
                 "ablations": {name: [v.name for v in videos] for name, videos in self.ablation_videos().items()}}
 
     def evaluation(self) -> StageResult:
-        from emoedit.demo.evaluation import EditedVideo, evaluate_ablations, evaluate_edits, format_table
+        from emoedit.demo.evaluation import (
+            EditedVideo,
+            EditTargets,
+            evaluate_ablations,
+            evaluate_edits,
+            format_table,
+        )
 
         settings = self.preset.evaluation
+        source = self.source_clip()
+        targets = EditTargets.every(self.world, source, settings.frame_stride)  # read once for edits and ablations
         edits = [EditedVideo(s.name, s.emotion, s.alpha, self.edits_dir / f"{s.name}.mp4")
                  for s in edit_specs(self.preset)]
-        result = evaluate_edits(self.world, self.source_clip(), edits, frame_stride=settings.frame_stride,
+        result = evaluate_edits(self.world, source, edits, frame_stride=settings.frame_stride,
                                 fit_photo_steps=settings.fit_photo_steps, fit_render_size=settings.fit_render_size,
-                                progress=self.progress)
+                                progress=self.progress, targets=targets)
         ablations = self.ablation_videos()
         if ablations:
             result["ablations"] = evaluate_ablations(
-                self.world, self.source_clip(), ablations, full=result, frame_stride=settings.frame_stride,
-                labels={name: ABLATIONS[name].label for name in ablations}, progress=self.progress)
+                self.world, source, ablations, full=result, frame_stride=settings.frame_stride,
+                labels={name: ABLATIONS[name].label for name in ablations}, progress=self.progress, targets=targets)
         table = format_table(result)
         atomic_write_text(self.out / "evaluation.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(self.out / "evaluation.md", table + "\n")
