@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from emoedit.atomic_io import atomic_write_text
     from emoedit.data.detection import DlibFaceDetector
     from emoedit.data.synthetic import SyntheticWorld
-    from emoedit.demo.evaluation import EditedVideo, evaluate_edits
+    from emoedit.demo.evaluation import EditedVideo, EditTargets, evaluate_edits
     from emoedit.editing.emotion_code import EMOTIONS, EmotionSchedule, emotion_code_from_alpha
     from emoedit.pipeline.bundle import load_bundle
     from emoedit.pipeline.editor import EditOptions, VideoEditor
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for subject in subjects:
         source = world.eval_clips(view="front", subject=subject)[0]
+        targets = EditTargets.every(world, source, 1)  # the truths read once for every variant
         for name in variants:
             options = EditOptions(**{**BASE, **VARIANTS[name]})
             editor = VideoEditor(parts=parts, options=options, detector=detector)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                                 path)
                 videos.append(EditedVideo(f"{emotion}_1.00", emotion, 1.0, path))
             scored = evaluate_edits(world, source, videos, frame_stride=1, fit_photo_steps=0, fit_render_size=0,
-                                    progress=False)
+                                    progress=False, targets=targets)
             rows = {r["emotion"]: {"output_psnr_db": r["image"]["output_vs_truth"]["psnr_db"],
                                    "input_psnr_db": r["image"]["input_vs_truth"]["psnr_db"]} for r in scored["edits"]}
             results[f"{subject}/{name}"] = {"options": dataclasses.asdict(options), "per_emotion": rows}

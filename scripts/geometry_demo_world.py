@@ -60,7 +60,6 @@ if str(REPO_ROOT) not in sys.path:  # train.py and the top-level packages live a
 from emoedit.atomic_io import atomic_write_text  # noqa: E402
 from emoedit.data.cache_reader import CacheReader, RecordIndex  # noqa: E402
 from emoedit.data.synthetic import SyntheticWorld  # noqa: E402
-from emoedit.data.synthetic.layout import ClipKey  # noqa: E402
 from emoedit.editing.emotion_code import EMOTIONS, MAX_LEVEL, emotion_code_from_level  # noqa: E402
 from emoedit.face_model import MorphableModel  # noqa: E402
 from emoedit.losses.geometry import LANDMARK_REGIONS, LIP_PAIRS  # noqa: E402
@@ -91,15 +90,10 @@ class Settings:
     overrides: tuple[str, ...]  # extra train.py overrides
 
 
-def clip_id(key: ClipKey) -> str:
-    """The preprocessing's clip id of a MEAD clip (emoedit.data.datasets.read_mead)."""
-    return f"{key.subject}/{key.view}/{key.emotion}/level_{key.level}/{key.clip}"
-
-
 # --------------------------------------------------------------------------- training
 def training_exclusions(world: SyntheticWorld) -> dict[str, list[str]]:
     """What training must not see: the unseen subjects and every evaluation clip (all views)."""
-    return {"subject": sorted(world.unseen_subjects), "clip": sorted(clip_id(r.key) for r in world.clips(role="eval"))}
+    return {"subject": sorted(world.unseen_subjects), "clip": sorted(r.key.clip_id for r in world.clips(role="eval"))}
 
 
 def train_editor(settings: Settings, world: SyntheticWorld) -> dict[str, Any]:
@@ -197,7 +191,7 @@ def evaluate(settings: Settings, world: SyntheticWorld, reader: CacheReader, gen
         if source.key.view not in settings.views:
             continue
         set_name = "unseen" if source.subject in unseen else "seen_heldout"
-        cid = clip_id(source.key)
+        cid = source.key.clip_id
         if cid not in reader.clips:
             print(f"warning: {cid} is not in the cache; skipped")
             continue

@@ -56,7 +56,6 @@ from emoedit.data.alignment import AlignmentTemplate, face_crop_transform, warp_
 from emoedit.data.cache_reader import CacheReader  # noqa: E402
 from emoedit.data.preprocess import PreprocessConfig, run_preprocess, truth_to_crop_camera  # noqa: E402
 from emoedit.data.synthetic import SyntheticWorld, generate_world  # noqa: E402
-from emoedit.data.synthetic.layout import ClipKey  # noqa: E402
 from emoedit.face_model import MorphableModel, PerspectiveCamera  # noqa: E402
 from emoedit.machine import machine_info  # noqa: E402
 from emoedit.metrics.geometry import MM_PER_MODEL_UNIT  # noqa: E402  (face-model space is in decimetres)
@@ -133,11 +132,6 @@ def ensure_world(world_dir: Path, preset: str, seed: int, *, progress: bool) -> 
     return world, {"path": str(world_dir), "generated_now": generated, "seconds": time.perf_counter() - start}
 
 
-def clip_id(key: ClipKey) -> str:
-    """The preprocessing's clip id of a MEAD clip (emoedit.data.datasets.read_mead)."""
-    return f"{key.subject}/{key.view}/{key.emotion}/level_{key.level}/{key.clip}"
-
-
 def build_frames_cache(world: SyntheticWorld, cache_root: Path, crop_size: int) -> dict[str, Any]:
     """Stage ``align`` over the world's MEAD clips (truth landmarks, all three views)."""
     config = PreprocessConfig(
@@ -156,7 +150,7 @@ def training_split(world: SyntheticWorld, reader: CacheReader) -> tuple[list[str
     Raises ``ValueError`` if a clip of an unseen subject or a held-out clip would be trained on.
     """
     front = set(reader.records(view="front").unique("clip"))
-    val_keys = sorted(clip_id(r.key) for r in world.clips(role="eval", view="front"))
+    val_keys = sorted(r.key.clip_id for r in world.clips(role="eval", view="front"))
     missing = [k for k in val_keys if k not in front]
     if missing:
         raise ValueError(f"{reader.root}: evaluation clips missing from the frames cache: {missing[:5]}")
@@ -271,7 +265,7 @@ def aligned_edit(world: SyntheticWorld, edit: Any, model: MorphableModel, templa
     coeffs, _residual = truth_to_crop_camera(model, truth.coeffs[:count].float(), truth.perspective_camera(), transform,
                                              PerspectiveCamera().scaled(crop_size))
     key = edit.key
-    return EvalClip(name=f"edit:{clip_id(key.source)}/{key.emotion}/{key.level}", subject=key.source.subject,
+    return EvalClip(name=f"edit:{key.source.clip_id}/{key.emotion}/{key.level}", subject=key.source.subject,
                     crops=crops, landmarks=transform.frame_to_crop(points).float(), coeffs_true=coeffs.float())
 
 
@@ -283,7 +277,7 @@ def eval_sets(world: SyntheticWorld, reader: CacheReader, model: MorphableModel,
     sets: dict[str, list[Any]] = {name: [] for name in SET_LABELS}
     for record in world.clips(role="eval", emotion="neutral"):
         key = record.key
-        cid = clip_id(key)
+        cid = key.clip_id
         side = key.view in SIDE_VIEWS
         if key.subject in unseen:
             sets["unseen_side_talking" if side else "unseen_front_talking"].append(lambda c=cid: cache_clip(reader, c))

@@ -184,7 +184,7 @@ def world_selection(world: Path) -> dict[str, Any]:
 
     opened = SyntheticWorld.open(world, require_complete=False)
     eval_front = [r for r in opened.clips(view="front") if r.role == "eval"]
-    clip_ids = [f"{r.key.subject}/{r.key.view}/{r.key.emotion}/level_{r.key.level}/{r.key.clip}" for r in eval_front]
+    clip_ids = [r.key.clip_id for r in eval_front]
     return {"train_subjects": list(opened.train_subjects), "unseen_subjects": list(opened.unseen_subjects),
             "eval_clip_ids": clip_ids}
 

@@ -100,11 +100,6 @@ class TrainingSelection:
         return {"clip": list(self.eval_clip_ids)}
 
 
-def cache_clip_id(key: Any) -> str:
-    """The preprocess cache's clip id of a world :class:`~emoedit.data.synthetic.ClipKey`."""
-    return f"{key.subject}/{key.view}/{key.emotion}/level_{key.level}/{key.clip}"
-
-
 def training_selection(world: Any) -> TrainingSelection:
     """Training / evaluation clips of a :class:`~emoedit.data.synthetic.SyntheticWorld`."""
     eval_front = [r for r in world.clips(view="front") if r.role == "eval"]
@@ -112,10 +107,10 @@ def training_selection(world: Any) -> TrainingSelection:
     return TrainingSelection(
         train_subjects=tuple(world.train_subjects),
         unseen_subjects=tuple(world.unseen_subjects),
-        eval_clip_ids=tuple(cache_clip_id(r.key) for r in eval_front),
-        held_out_clip_ids=tuple(cache_clip_id(r.key) for r in eval_front
+        eval_clip_ids=tuple(r.key.clip_id for r in eval_front),
+        held_out_clip_ids=tuple(r.key.clip_id for r in eval_front
                                 if r.key.subject in train_set and r.key.emotion == NEUTRAL),
-        unseen_clip_ids=tuple(cache_clip_id(r.key) for r in eval_front if r.key.subject not in train_set),
+        unseen_clip_ids=tuple(r.key.clip_id for r in eval_front if r.key.subject not in train_set),
     )
 
 
@@ -456,7 +451,7 @@ def evaluate(
             inputs = extract(source.video_path, truth, frames)
             frames = list(inputs.frames)
             x = inputs.uv_texture
-            cached_id = cache_clip_id(source.key)
+            cached_id = source.key.clip_id
             if cached_id in reader.clips:  # like-with-like check: this extraction vs the preprocess cache
                 cached = reader.load_clip(cached_id, fields=("uv_texture", "visibility"))
                 where = {int(f): i for i, f in enumerate(cached["frame"])}

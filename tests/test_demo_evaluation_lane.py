@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from emoedit.data.synthetic.layout import ClipKey
 from emoedit.demo.evaluation_lane import EVALUATE_CONFIG_FILE, EvaluationLane, build_evaluate_config
 from emoedit.demo.presets import (
     DEMO,
@@ -117,8 +118,7 @@ def test_default_out_matches_configs_evaluate_demo_yaml() -> None:
 
 # ----------------------------------------------------------------------------- jobs and settings
 def _clip(subject: str, emotion: str, level: int, clip: str, role: str) -> SimpleNamespace:
-    key = SimpleNamespace(subject=subject, view="front", emotion=emotion, level=level, clip=clip)
-    return SimpleNamespace(key=key, role=role)
+    return SimpleNamespace(key=ClipKey(subject=subject, view="front", emotion=emotion, level=level, clip=clip), role=role)
 
 
 class _FakeWorld:

@@ -306,6 +306,25 @@ def test_texture_switches_and_modes(clip, tmp_path, capture):
     assert len(list((folders["eq4"] / "renders").glob("*.png"))) == 10
 
 
+def test_eq4_temperature_reaches_the_edit_and_the_record(clip, tmp_path, capture):
+    from emoedit.editing.subject_temperature import temper_weights
+
+    parts = tiny_parts()
+    parts.texture_editor.subject_temperature = 4.0  # as TextureEditor.from_directions sets it from the file
+    run(clip, tmp_path / "1.mp4", parts=parts, teeth=False, save_intermediates=str(tmp_path / "eq4"))
+    eq4 = edit_data(tmp_path / "eq4")
+    averaged = eq4["subject_weights"].mean(0)
+    averaged = averaged / averaged.sum()
+    used = temper_weights(averaged[None], 4.0)[0]
+    assert torch.allclose(eq4["subject_weights_mean"], used, atol=1e-6)
+    assert not torch.allclose(used, averaged, atol=1e-3)  # τ changed the mixture
+    code = torch.zeros(len(EMOTIONS))
+    code[EMOTIONS.index("happy")] = 0.8
+    expected = torch.einsum("n,e,nekc->kc", used, code, parts.texture_editor.directions)
+    x0 = temporal_smooth(eq4["wplus"], 1)
+    assert torch.allclose(eq4["wplus_edited"] - x0, expected.expand_as(x0), atol=1e-5)
+
+
 def test_smoothing_switch(clip, tmp_path, capture):
     parts = tiny_parts(geometry_identity=False)
     run(clip, tmp_path / "a.mp4", parts=parts, teeth=False, smoothing=False, save_intermediates=str(tmp_path / "raw"))

@@ -58,7 +58,7 @@ def test_selection_excludes_every_evaluation_clip(tiny):
 
     kept = select_records(index, keep=selection.data_filter(), drop=selection.data_exclude(), source="test")
     kept_clips = set(kept.unique("clip"))
-    training = {demo.cache_clip_id(r.key) for r in world.training_clips()}
+    training = {r.key.clip_id for r in world.training_clips()}
     assert kept_clips == training  # exactly the world's training clips
     assert not kept_clips & set(selection.eval_clip_ids)
     assert set(kept.unique("subject")) == set(world.train_subjects)

@@ -169,8 +169,14 @@ def parse_mead_relative(relative: PurePosixPath | str, *, source: str) -> dict[s
         "emotion": emotion,
         "level": level,
         "name": name,
-        "clip_id": f"{subject}/{view}/{emotion}/level_{level}/{name}",
+        "clip_id": mead_clip_id(subject, view, emotion, level, name),
     }
+
+
+def mead_clip_id(subject: str, view: str, emotion: str, level: int, name: str) -> str:
+    """The clip id preprocessing gives a MEAD clip (the caches' ``clip`` metadata):
+    ``<subject>/<view>/<emotion>/level_<level>/<clip name>``."""
+    return f"{subject}/{view}/{emotion}/level_{level}/{name}"
 
 
 def mead_root_of(path: str | os.PathLike[str]) -> Path:

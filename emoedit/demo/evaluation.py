@@ -105,6 +105,45 @@ def load_truth_edit(world: Any, source: Any, emotion: str, alpha: float, rows: S
                       source=f"rendered on demand (level {alpha * MAX_LEVEL:.3g}, not video-encoded)")
 
 
+class EditTargets:
+    """The source clip and its ground-truth edits on fixed frame rows, each read (and its face
+    region rasterised) once, then shared by every scoring of the same source: the full method's
+    edits and each ablation's. Nothing is read until asked for."""
+
+    def __init__(
+        self,
+        world: Any,  # the SyntheticWorld
+        source: Any,  # the edited neutral clip (a ClipRecord of the world)
+        rows: Sequence[int],  # frame indices evaluated
+    ) -> None:
+        self.world, self.source, self.rows = world, source, tuple(int(r) for r in rows)
+        self._input: tuple[ClipFrames, Tensor] | None = None
+        self._truth: dict[tuple[str, float], tuple[ClipFrames, Tensor]] = {}
+
+    @classmethod
+    def every(cls, world: Any, source: Any, frame_stride: int) -> EditTargets:
+        """Targets on every ``frame_stride``-th frame of ``source``."""
+        return cls(world, source, range(0, world.load_truth(source).num_frames, max(1, frame_stride)))
+
+    def _mask(self, coeffs: Tensor) -> Tensor:
+        return face_masks(self.world.face_model(), self.world.camera, coeffs, self.world.image_size)
+
+    def input(self) -> tuple[ClipFrames, Tensor]:
+        """The unedited source on the rows and its face region (N, 1, H, W) bool."""
+        if self._input is None:
+            inputs = load_input(self.world, self.source, self.rows)
+            self._input = (inputs, self._mask(inputs.coeffs))
+        return self._input
+
+    def truth(self, emotion: str, alpha: float) -> tuple[ClipFrames, Tensor]:
+        """The ground-truth edit on the rows and the face region of the input or the truth (N, 1, H, W) bool."""
+        key = (emotion, float(alpha))
+        if key not in self._truth:
+            truth = load_truth_edit(self.world, self.source, emotion, alpha, self.rows)
+            self._truth[key] = (truth, self.input()[1] | self._mask(truth.coeffs))
+        return self._truth[key]
+
+
 def face_region_errors(
     output: Tensor,  # (N, 3, H, W) float in [0, 1]
     target: Tensor,  # (N, 3, H, W) float in [0, 1]
@@ -137,6 +176,7 @@ def evaluate_edits(
     fit_photo_steps: int,  # 0: no re-reconstruction
     fit_render_size: int,  # photometric render side, pixels
     progress: bool = True,  # tqdm bar over the edits
+    targets: EditTargets | None = None,  # the source's input and truths, shared with other scorings (its rows replace frame_stride's)
 ) -> dict[str, Any]:
     """Every number of the module docstring, as a JSON-able dict."""
     from tqdm import tqdm
@@ -144,12 +184,13 @@ def evaluate_edits(
     from emoedit.metrics.geometry import shape_vertex_error_mm
     from emoedit.video import read_frame_rows
 
-    truth_in = world.load_truth(source)
-    rows = list(range(0, truth_in.num_frames, max(1, frame_stride)))
+    if targets is None:
+        targets = EditTargets.every(world, source, frame_stride)
+    elif targets.source.key != source.key:
+        raise ValueError(f"evaluate_edits: targets of {targets.source.key}, not of {source.key}")
+    rows = list(targets.rows)
     model, camera = world.face_model(), world.camera
-    size = world.image_size
-    inputs = load_input(world, source, rows)
-    input_mask = face_masks(model, camera, inputs.coeffs, size)
+    inputs, _ = targets.input()
     fitter = None
     input_fit = None
     if fit_photo_steps > 0:
@@ -158,11 +199,10 @@ def evaluate_edits(
         input_fit = fitter.fit(inputs.frames, inputs.coeffs, inputs.landmarks)
     results = []
     for edit in tqdm(edits, desc="evaluation", unit="video", disable=not progress, dynamic_ncols=True):
-        truth = load_truth_edit(world, source, edit.emotion, edit.alpha, rows)
+        truth, mask = targets.truth(edit.emotion, edit.alpha)
         output = read_frame_rows(edit.path, rows)
         if output.shape != truth.frames.shape:
             raise ValueError(f"{edit.path}: frames {tuple(output.shape)} but the truth has {tuple(truth.frames.shape)}")
-        mask = input_mask | face_masks(model, camera, truth.coeffs, size)
         entry: dict[str, Any] = {
             "name": edit.name, "emotion": edit.emotion, "alpha": edit.alpha, "level": edit.alpha * MAX_LEVEL,
             "output": str(edit.path), "truth": truth.source, "frames": len(rows),
@@ -211,6 +251,7 @@ def evaluate_ablations(
     frame_stride: int,  # as evaluate_edits
     labels: dict[str, str],  # ablation name → table label
     progress: bool = True,
+    targets: EditTargets | None = None,  # the full method's targets (input and truths read once for all variants)
 ) -> dict[str, Any]:
     """Face-region image errors (no re-reconstruction) of each ablation, next to the full method
     and the unedited input on the same edits: ``{"rows": [{"name", "label", "psnr_db", "l1"}], "edits": [...]}``."""
@@ -219,9 +260,10 @@ def evaluate_ablations(
     rows = [{"name": "full", "label": "full method",
              "psnr_db": _mean([r["image"]["output_vs_truth"]["psnr_db"] for r in chosen]),
              "l1": _mean([r["image"]["output_vs_truth"]["l1"] for r in chosen])}]
+    targets = targets or EditTargets.every(world, source, frame_stride)
     for name, videos in variants.items():
         result = evaluate_edits(world, source, videos, frame_stride=frame_stride, fit_photo_steps=0,
-                                fit_render_size=0, progress=progress)
+                                fit_render_size=0, progress=progress, targets=targets)
         rows.append({"name": name, "label": labels.get(name, name),
                      "psnr_db": _mean([r["image"]["output_vs_truth"]["psnr_db"] for r in result["edits"]]),
                      "l1": _mean([r["image"]["output_vs_truth"]["l1"] for r in result["edits"]])})
@@ -299,6 +341,7 @@ __all__ = [
     "EditedVideo",
     "FitErrors",
     "ReReconstructor",
+    "EditTargets",
     "evaluate_ablations",
     "evaluate_edits",
     "face_masks",

@@ -173,7 +173,7 @@ class EvaluationLane:
         train_subjects = list(world.train_subjects)
         unseen = sorted(world.unseen_subjects)
         eval_ids = demo.eval_clip_ids()
-        unseen_clips = {f"{r.key.subject}/{r.key.view}/{r.key.emotion}/level_{r.key.level}/{r.key.clip}"
+        unseen_clips = {r.key.clip_id
                         for r in world.clips(view="front") if r.key.subject in set(unseen)}
         if not unseen_clips <= set(eval_ids):
             raise ValueError(f"{demo.world_dir}: unseen subjects' clips outside the evaluation split "

@@ -146,7 +146,7 @@ class _Demo:
 
     def eval_clip_ids(self) -> list[str]:
         """Cache clip ids of every front evaluation clip (held-out neutral clips, unseen subjects)."""
-        return sorted(_clip_id(r.key) for r in self.world.clips(view="front") if r.role == "eval")
+        return sorted(r.key.clip_id for r in self.world.clips(view="front") if r.role == "eval")
 
     def source_clip(self) -> Any:
         """The clip the demo edits: the first unseen subject's first neutral front clip."""
@@ -345,7 +345,7 @@ class _Demo:
         from emoedit.demo.presets import json_ready
 
         plan = self.preset.edit
-        return {"source": _clip_id(self.source_clip().key), "edits": [s.__dict__ for s in edit_specs(self.preset)],
+        return {"source": self.source_clip().key.clip_id, "edits": [s.__dict__ for s in edit_specs(self.preset)],
                 "texture_mode": plan.texture_mode, "teeth_gate": plan.teeth_gate, "teeth": plan.teeth,
                 "device": self.preset.device,
                 "bundle": json_ready(self.bundle_settings()),
@@ -472,28 +472,31 @@ class _Demo:
                 "ablations": {name: [v.name for v in videos] for name, videos in self.ablation_videos().items()}}
 
     def evaluation(self) -> StageResult:
-        from emoedit.demo.evaluation import EditedVideo, evaluate_ablations, evaluate_edits, format_table
+        from emoedit.demo.evaluation import (
+            EditedVideo,
+            EditTargets,
+            evaluate_ablations,
+            evaluate_edits,
+            format_table,
+        )
 
         settings = self.preset.evaluation
+        source = self.source_clip()
+        targets = EditTargets.every(self.world, source, settings.frame_stride)  # read once for edits and ablations
         edits = [EditedVideo(s.name, s.emotion, s.alpha, self.edits_dir / f"{s.name}.mp4")
                  for s in edit_specs(self.preset)]
-        result = evaluate_edits(self.world, self.source_clip(), edits, frame_stride=settings.frame_stride,
+        result = evaluate_edits(self.world, source, edits, frame_stride=settings.frame_stride,
                                 fit_photo_steps=settings.fit_photo_steps, fit_render_size=settings.fit_render_size,
-                                progress=self.progress)
+                                progress=self.progress, targets=targets)
         ablations = self.ablation_videos()
         if ablations:
             result["ablations"] = evaluate_ablations(
-                self.world, self.source_clip(), ablations, full=result, frame_stride=settings.frame_stride,
-                labels={name: ABLATIONS[name].label for name in ablations}, progress=self.progress)
+                self.world, source, ablations, full=result, frame_stride=settings.frame_stride,
+                labels={name: ABLATIONS[name].label for name in ablations}, progress=self.progress, targets=targets)
         table = format_table(result)
         atomic_write_text(self.out / "evaluation.json", json.dumps(result, indent=2) + "\n")
         atomic_write_text(self.out / "evaluation.md", table + "\n")
         return StageResult(outputs={"summary": result["summary"]}, files=("evaluation.json", "evaluation.md"))
-
-
-def _clip_id(key: Any) -> str:
-    """The preprocess cache's clip id of a world clip (``emoedit.data.datasets.read_mead``)."""
-    return f"{key.subject}/{key.view}/{key.emotion}/level_{key.level}/{key.clip}"
 
 
 def _stack_images(images: Sequence[Any]) -> Any:

@@ -164,15 +164,23 @@ class TextureEditor(nn.Module):
             assert_finite(subject_weights, "subject_weights")
             if subject_weights.numel() and float(subject_weights.min()) < 0:
                 raise ValueError("subject_weights: weights must be >= 0 (softmax probabilities)")
-            weights = subject_weights.to(self.directions.dtype)
-            if self.subject_temperature != 1.0:
-                if weights.numel() and bool((weights.sum(dim=-1) <= 0).any()):
-                    raise ValueError("subject_weights: a row of zeros cannot be tempered (τ != 1 needs weights)")
-                weights = temper_weights(weights, self.subject_temperature)  # rows renormalised to sum 1
+            weights = self.mixing_weights(subject_weights.to(self.directions.dtype))
             mixture = (weights[:, :, None] * code[:, None, :]).reshape(weights.shape[0], -1)  # (B, N·E)
             offset = mixture @ self.directions.reshape(-1, flat_size)
         offset = offset.reshape(wplus.shape[0], self.num_ws, self.w_dim).to(wplus.dtype)
         return TextureEditOutput(wplus=wplus + offset, offset=offset)
+
+    def mixing_weights(
+        self,
+        subject_weights: Tensor,  # (B, N) float >= 0: the classifier's softmax(f(I))
+    ) -> Tensor:
+        """(B, N): the weights eq. 4 mixes the directions with — ``subject_weights`` tempered by
+        ``subject_temperature`` (rows renormalised to sum 1), or unchanged at τ = 1."""
+        if self.subject_temperature == 1.0:
+            return subject_weights
+        if subject_weights.numel() and bool((subject_weights.sum(dim=-1) <= 0).any()):
+            raise ValueError("subject_weights: a row of zeros cannot be tempered (τ != 1 needs weights)")
+        return temper_weights(subject_weights, self.subject_temperature)
 
     @staticmethod
     def _resolve_mode(mode: str, weights: Tensor | None, index: Tensor | None) -> str:

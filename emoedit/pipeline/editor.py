@@ -192,7 +192,8 @@ class EditPlan:
     coeffs_source: Tensor  # (Tv, L) the reconstruction with its expression smoothed alike: what warp mode warps from
     wplus: Tensor | None  # (Tv, num_ws, w_dim) latents to decode (edited, smoothed); None: no texture edit
     wplus_source: Tensor | None  # (Tv, num_ws, w_dim) x0 smoothed alike (residual and warp modes), else None
-    subject_weights: Tensor | None  # (N,) eq. 4 weights averaged over the video, when the classifier ran
+    subject_weights: Tensor | None  # (N,) eq. 4's mixing weights: the classifier's softmax averaged over the
+    # video, tempered by the directions' τ (TextureEditor.mixing_weights); None unless eq. 4 ran
     texture_edit_mode: str  # "classifier" (eq. 4), "subject" (eq. 3), "mean" (ablation) or "off" (--no-texture)
     half_window: int  # l of the smoothing window actually used (0 = off)
 
@@ -494,6 +495,8 @@ class VideoEditor:
                 wplus = smooth_runs(torch.cat(pieces), runs, half)
                 if options.texture_mode in ("residual", "warp"):
                     source_wplus = smooth_runs(analysis.wplus, runs, half)
+        if weights is not None:  # what the edit mixed with (the directions' τ applied), for the record
+            weights = parts.texture_editor.mixing_weights(weights[None])[0]
         return EditPlan(emotion_codes=codes_all, coeffs=edited, coeffs_source=source, wplus=wplus, wplus_source=source_wplus,
                         subject_weights=weights, texture_edit_mode=mode, half_window=half)
 

@@ -8,7 +8,7 @@ Layout of ``DIR``:
   (Tv, 68, 2) tracked (frame pixels), ``emotion_codes`` (T, E) per video frame, ``wplus``
   (Tv, num_ws, w_dim) encoder output x0, ``wplus_edited`` (Tv, num_ws, w_dim) decoded
   latents (smoothed), ``subject_weights`` (Tv, N) per frame and ``subject_weights_mean``
-  (N,) (what eq. 4 used), ``visible_fraction`` (Tv,), and plain values:
+  (N,) (the mixture eq. 4 used: their video mean, tempered by the directions' τ), ``visible_fraction`` (Tv,), and plain values:
   ``texture_edit_mode`` ("classifier", "subject", "mean" or "off"), ``texture_mode``,
   ``subjects``, ``emotions``, ``smoothing_half_window``, ``options``;
 - ``textures/NNNNNN.png``: the UV texture rendered for frame NNNNNN (edited or extracted);

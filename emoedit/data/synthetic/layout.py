@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from emoedit.data.datasets import mead_clip_id
 from emoedit.data.synthetic.presets import NEUTRAL
 
 MEAD_DIR = "mead"
@@ -71,6 +72,12 @@ class ClipKey:
     def video(self) -> PurePosixPath:
         """Relative path of the clip's video."""
         return PurePosixPath(MEAD_DIR, self.subject, "video", self.view, self.emotion, level_folder(self.level), f"{self.clip}.mp4")
+
+    @property
+    def clip_id(self) -> str:
+        """The clip id preprocessing gives this clip (the caches' ``clip`` metadata;
+        :func:`emoedit.data.datasets.mead_clip_id`)."""
+        return mead_clip_id(self.subject, self.view, self.emotion, self.level, self.clip)
 
     @property
     def truth(self) -> PurePosixPath:
