@@ -80,7 +80,6 @@ class TorchRasterizer(Rasterizer):
         num_faces = triangles.shape[0]
         num_triangles = batch * num_faces
         device = vertices.device
-        num_pixels = batch * height * width
         if height * width > _MAX_PIXELS:
             raise ValueError(f"TorchRasterizer: at most {_MAX_PIXELS} pixels per image, got {height}x{width}")
         if num_triangles >= 2**31:
