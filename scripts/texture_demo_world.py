@@ -382,7 +382,6 @@ def evaluate(
     log: Callable[[str], None] = print,  # progress messages
 ) -> dict[str, Any]:
     """Measurements (a)–(c) of the module docstring as a JSON-able dict."""
-    from emoedit.editing.subject_temperature import temper_weights
 
     from emoedit.data.cache import CacheReader
     from emoedit.editing.texture_editor import TextureEditor
@@ -434,6 +433,8 @@ def evaluate(
 
     # (c) edits of neutral evaluation clips (front) vs the ground-truth edits.
     editor = TextureEditor.from_directions(networks.directions)
+    tempered = (None if subject_temperature is None else  # the pipeline's path: τ travels with the directions
+                TextureEditor.from_directions(networks.directions.with_subject_temperature(subject_temperature)))
     targets = tuple(emotions or networks.directions.solved)
     extract = TruthTextures(world, texture_size)
     groups = {"unseen": [], "seen": []}
@@ -481,9 +482,8 @@ def evaluate(
                 truth_codes = torch.cat([networks.encode(y[r]) for r in _batches(len(frames), batch_size)])
                 outputs[ORACLE] = networks.decode(x0 + (truth_codes - x0).mean(dim=0, keepdim=True), texture_size)
                 outputs["floor G(E(truth))"] = networks.decode(truth_codes, texture_size)
-                if subject_temperature is not None:
-                    outputs[EQ4_TAU] = networks.decode(editor(
-                        x0, code, subject_weights=temper_weights(weights, subject_temperature)).wplus, texture_size)
+                if tempered is not None:
+                    outputs[EQ4_TAU] = networks.decode(tempered(x0, code, subject_weights=weights).wplus, texture_size)
                 if own:
                     index_rows = editor.subject_index([source.key.subject] * len(frames))
                     outputs["eq. 3 (own directions)"] = networks.decode(
@@ -577,12 +577,13 @@ def markdown_tables(results: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- main
 def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, directions: Any) -> Networks:
+    from emoedit.checkpoint_io import load_checkpoint
     from emoedit.networks.psp_encoder import PSPEncoder
     from emoedit.networks.subject_classifier import SubjectClassifier
     from emoedit.networks.stylegan2.checkpoint import finetunes_generator, load_encoder_generator
     from lightning_modules.texture_encoder import load_tgan_generator
 
-    ckpt = torch.load(encoder_ckpt, map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(encoder_ckpt)
     if finetunes_generator(ckpt):  # jointly fine-tuned: decode with the encoder's own generator
         generator = load_encoder_generator(ckpt, path=encoder_ckpt)
     else:

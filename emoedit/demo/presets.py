@@ -41,7 +41,7 @@ from typing import Any
 from emoedit.data.synthetic.presets import PRESETS as WORLD_PRESETS
 from emoedit.data.synthetic.presets import WorldPreset
 from emoedit.editing.emotion_code import EMOTIONS
-from emoedit.editing.directions import CALIBRATE
+from emoedit.editing.directions import CALIBRATE, check_subject_temperature
 
 #: Parts in the paper's training order (METHOD §4; the classifier and geometry editor do not
 #: depend on the t-GAN chain, so the demo may train them concurrently with it).
@@ -184,9 +184,8 @@ class EditPlan:
             raise ValueError(f"EditPlan: intensities must lie in (0, 2], got {self.intensities}")
         if self.sheet_frames < 1:
             raise ValueError("EditPlan: sheet_frames must be >= 1")
-        tau = self.subject_temperature
-        if tau != CALIBRATE and not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and 0 < tau < float("inf")):
-            raise ValueError(f"EditPlan: subject_temperature must be a positive number or {CALIBRATE!r}, got {tau!r}")
+        if self.subject_temperature != CALIBRATE:
+            check_subject_temperature(self.subject_temperature)  # a positive finite number otherwise
 
 
 @dataclass(frozen=True)

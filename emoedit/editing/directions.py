@@ -91,7 +91,7 @@ class EditDirections:
         if unknown:
             raise DirectionsError(f"EditDirections: solved emotions {unknown} are not among {list(self.emotions)}")
         object.__setattr__(self, "solved", solved)
-        object.__setattr__(self, "subject_temperature", _checked_temperature(self.subject_temperature))
+        object.__setattr__(self, "subject_temperature", check_subject_temperature(self.subject_temperature))
 
     @property
     def num_subjects(self) -> int:
@@ -158,7 +158,7 @@ class EditDirections:
         """A copy with ``subject_temperature = temperature``. The record is stored under
         ``extra["subject_temperature"]``; without one, a stale record of an earlier calibration is
         dropped. A record holding a ``"temperature"`` must agree with ``temperature``."""
-        tau = _checked_temperature(temperature)
+        tau = check_subject_temperature(temperature)
         extra = {k: v for k, v in self.extra.items() if k != TEMPERATURE_RECORD_KEY}
         if calibration is not None:
             if not isinstance(calibration, Mapping):
@@ -236,7 +236,7 @@ class EditDirections:
             raise DirectionsError(f"{path}: invalid directions file ({type(err).__name__}: {err})") from None
 
 
-def _checked_temperature(value: Any) -> float:
+def check_subject_temperature(value: Any) -> float:
     """``value`` as a float τ > 0, finite; :class:`DirectionsError` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DirectionsError(f"subject_temperature must be a positive finite number, got {value!r}")
@@ -536,7 +536,7 @@ def run_directions(
                               f"got {subject_temperature!r}")
     if calibrate and classifier is None:
         raise DirectionsError(f"subject_temperature={CALIBRATE!r} needs the subject classifier (classifier=)")
-    fixed_tau = None if calibrate else _checked_temperature(subject_temperature)
+    fixed_tau = None if calibrate else check_subject_temperature(subject_temperature)
     classifier_path: Path | None = None
     if isinstance(classifier, (str, os.PathLike)):
         from emoedit.networks.subject_classifier import SubjectClassifier
@@ -589,9 +589,9 @@ def run_directions(
     if calibrate:
         from emoedit.editing.subject_temperature import calibrate_subject_temperature_on_cache
 
-        calibration = calibrate_subject_temperature_on_cache(
-            reader, classifier.to(device), result, views=views, exclude_clips=exclude_clips, batch_size=batch_size,
-            num_workers=num_workers,
+        calibration = calibrate_subject_temperature_on_cache(  # the neutral records the directions used
+            reader, classifier.to(device), result, index=index.select(index.mask("emotion", NEUTRAL)),
+            batch_size=batch_size, num_workers=num_workers,
         )
         record: dict[str, Any] = {**calibration.as_dict(), "subjects": list(result.subjects)}  # per_subject's order
         if classifier_path is not None:

@@ -71,6 +71,8 @@ def temper_weights(
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     if temperature == 1.0:
         return weights
+    if weights.numel() and bool((weights.sum(dim=-1) <= 0).any()):
+        raise ValueError("subject_weights: a row of zeros cannot be tempered (τ != 1 needs weights)")
     return torch.softmax(weights.log() / temperature, dim=-1)  # log 0 = -inf: a zero weight stays zero
 
 
@@ -158,6 +160,7 @@ def classify_neutral_textures(
     batch_size: int = 32,  # textures per classifier pass
     num_workers: int = 0,  # DataLoader workers reading shards
     max_cached_shards: int = 4,  # shards kept in memory per worker
+    index: Any | None = None,  # already selected neutral records (views, exclude_clips ignored), e.g. run_directions'
 ) -> tuple[Tensor, Tensor]:
     """Logits ``(M, N)`` float32 (columns in ``directions.subjects`` order) and rows ``(M,)`` int64
     (each texture's subject, a row of ``directions``) of the cache's neutral textures of the
@@ -176,19 +179,20 @@ def classify_neutral_textures(
         raise DirectionsError(f"the subject classifier has no class for the direction subjects {unknown[:5]} "
                               f"(classifier subjects: {list(classifier.subjects)[:8]})")
     order = torch.tensor([classifier.subjects.index(s) for s in subjects], dtype=torch.int64)
-    index = reader.records()
-    for name in ("subject", "emotion"):
-        if name not in index.names:
-            raise DirectionsError(f"{reader.root}: the cache has no {name!r} metadata "
-                                  "(needed to pick neutral textures)")
-    if views is not None and "view" in index.names:
-        index = index.where(view=list(views))
-    index = index.where(subject=list(subjects))
-    index = index.select(index.mask("emotion", NEUTRAL))
-    if exclude_clips:
-        if "clip" not in index.names:
-            raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
-        index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
+    if index is None:
+        index = reader.records()
+        for name in ("subject", "emotion"):
+            if name not in index.names:
+                raise DirectionsError(f"{reader.root}: the cache has no {name!r} metadata "
+                                      "(needed to pick neutral textures)")
+        if views is not None and "view" in index.names:
+            index = index.where(view=list(views))
+        index = index.where(subject=list(subjects))
+        index = index.select(index.mask("emotion", NEUTRAL))
+        if exclude_clips:
+            if "clip" not in index.names:
+                raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
+            index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
     if len(index) == 0:
         raise DirectionsError(f"{reader.root}: no neutral textures of the direction subjects (views {views})")
     dataset = CacheDataset(reader, fields=("uv_texture",), index=index, max_cached_shards=max_cached_shards)
@@ -220,10 +224,11 @@ def calibrate_subject_temperature_on_cache(
     batch_size: int = 32,  # textures per classifier pass
     num_workers: int = 0,  # DataLoader workers reading shards
     candidates: Sequence[float] = DEFAULT_CANDIDATES,  # τ values to try (> 0)
+    index: Any | None = None,  # already selected neutral records (views, exclude_clips ignored)
 ) -> TemperatureCalibration:
     """:func:`calibrate_subject_temperature` on the logits of :func:`classify_neutral_textures`."""
     logits, rows = classify_neutral_textures(reader, classifier, directions, views=views, exclude_clips=exclude_clips,
-                                             batch_size=batch_size, num_workers=num_workers)
+                                             batch_size=batch_size, num_workers=num_workers, index=index)
     solved = directions.solved_mask
     return calibrate_subject_temperature(logits, rows, directions.directions[:, solved], candidates=candidates)
 

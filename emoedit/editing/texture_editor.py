@@ -27,7 +27,6 @@ paper trained). The directions are buffers; the subject names (rows) are kept as
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -35,7 +34,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from emoedit.editing.directions import DirectionsError, EditDirections
+from emoedit.editing.directions import DirectionsError, EditDirections, check_subject_temperature
 from emoedit.editing.emotion_code import EMOTIONS
 from emoedit.editing.subject_temperature import temper_weights
 from emoedit.shape_checks import assert_finite, assert_shape
@@ -73,12 +72,7 @@ class TextureEditor(nn.Module):
         unknown = [name for name in solved_names if name not in emotion_names]
         if unknown:
             raise ValueError(f"TextureEditor: solved emotions {unknown} are not among {emotion_names}")
-        tau = float(subject_temperature)
-        if not (tau > 0 and math.isfinite(tau)):
-            raise ValueError(
-                f"TextureEditor: subject_temperature must be a positive finite number, got {subject_temperature!r}"
-            )
-        self.subject_temperature: float = tau
+        self.subject_temperature: float = check_subject_temperature(subject_temperature)
         self.subjects: tuple[str, ...] = names
         self.emotions: tuple[str, ...] = emotion_names
         self.solved: tuple[str, ...] = tuple(name for name in emotion_names if name in solved_names)
@@ -176,10 +170,6 @@ class TextureEditor(nn.Module):
     ) -> Tensor:
         """(B, N): the weights eq. 4 mixes the directions with — ``subject_weights`` tempered by
         ``subject_temperature`` (rows renormalised to sum 1), or unchanged at τ = 1."""
-        if self.subject_temperature == 1.0:
-            return subject_weights
-        if subject_weights.numel() and bool((subject_weights.sum(dim=-1) <= 0).any()):
-            raise ValueError("subject_weights: a row of zeros cannot be tempered (τ != 1 needs weights)")
         return temper_weights(subject_weights, self.subject_temperature)
 
     @staticmethod
