@@ -70,3 +70,6 @@ def test_ablations_share_one_read_of_each_truth(world, monkeypatch):
         with pytest.raises(ValueError, match="targets of"):
             evaluate_edits(world, other, [video], frame_stride=3, fit_photo_steps=0, fit_render_size=0,
                            progress=False, targets=targets)
+    with pytest.raises(ValueError, match="frame_stride"):
+        evaluate_edits(world, source, [video], frame_stride=2, fit_photo_steps=0, fit_render_size=0,
+                       progress=False, targets=targets)

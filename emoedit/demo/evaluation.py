@@ -78,11 +78,11 @@ def stored_level(alpha: float, levels: Sequence[int]) -> int | None:
     return None
 
 
-def load_input(world: Any, source: Any, rows: Sequence[int]) -> ClipFrames:
-    """The neutral source clip (video + truth) on ``rows``."""
+def load_input(world: Any, source: Any, rows: Sequence[int], truth: Any | None = None) -> ClipFrames:
+    """The neutral source clip (video + truth) on ``rows`` (``truth``: the source's, when already loaded)."""
     from emoedit.video import read_frame_rows
 
-    truth = world.load_truth(source)
+    truth = world.load_truth(source) if truth is None else truth
     return ClipFrames(frames=read_frame_rows(source.video_path, rows), coeffs=truth.coeffs[list(rows)].float(),
                       landmarks=truth.landmarks[list(rows)].float(), source=f"video {source.video_path}")
 
@@ -115,15 +115,18 @@ class EditTargets:
         world: Any,  # the SyntheticWorld
         source: Any,  # the edited neutral clip (a ClipRecord of the world)
         rows: Sequence[int],  # frame indices evaluated
+        source_truth: Any | None = None,  # the source's loaded truth (None: read when first needed)
     ) -> None:
         self.world, self.source, self.rows = world, source, tuple(int(r) for r in rows)
+        self._source_truth = source_truth
         self._input: tuple[ClipFrames, Tensor] | None = None
         self._truth: dict[tuple[str, float], tuple[ClipFrames, Tensor]] = {}
 
     @classmethod
     def every(cls, world: Any, source: Any, frame_stride: int) -> EditTargets:
         """Targets on every ``frame_stride``-th frame of ``source``."""
-        return cls(world, source, range(0, world.load_truth(source).num_frames, max(1, frame_stride)))
+        truth = world.load_truth(source)
+        return cls(world, source, range(0, truth.num_frames, max(1, frame_stride)), source_truth=truth)
 
     def _mask(self, coeffs: Tensor) -> Tensor:
         return face_masks(self.world.face_model(), self.world.camera, coeffs, self.world.image_size)
@@ -131,7 +134,7 @@ class EditTargets:
     def input(self) -> tuple[ClipFrames, Tensor]:
         """The unedited source on the rows and its face region (N, 1, H, W) bool."""
         if self._input is None:
-            inputs = load_input(self.world, self.source, self.rows)
+            inputs = load_input(self.world, self.source, self.rows, self._source_truth)
             self._input = (inputs, self._mask(inputs.coeffs))
         return self._input
 
@@ -188,6 +191,9 @@ def evaluate_edits(
         targets = EditTargets.every(world, source, frame_stride)
     elif targets.source.key != source.key:
         raise ValueError(f"evaluate_edits: targets of {targets.source.key}, not of {source.key}")
+    elif len(targets.rows) > 1 and targets.rows[1] - targets.rows[0] != max(1, frame_stride):
+        raise ValueError(f"evaluate_edits: targets on every {targets.rows[1] - targets.rows[0]}th frame, "
+                         f"but frame_stride={frame_stride}")
     rows = list(targets.rows)
     model, camera = world.face_model(), world.camera
     inputs, _ = targets.input()
