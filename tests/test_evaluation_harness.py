@@ -248,8 +248,11 @@ def test_second_run_does_no_work(evaluated) -> None:
     registry, scorer = evaluated["registry"], evaluated["scorer"]
     calls = [m.calls for m in registry.methods if isinstance(m, CopyMethod)]
     recon_calls = scorer.reconstructor.calls
-    again = run_evaluation(evaluated["cfg"], registry=registry, scorer=scorer)
+    again = run_evaluation(evaluated["cfg"], registry=registry, scorer=scorer, notes=["a caller's note"])
     assert (again.produced, again.scored) == (0, 0)
+    assert again.results["notes"][0] == "a caller's note"  # caller notes reach results.json and tables.md
+    out = Path(evaluated["cfg"].out)
+    assert "a caller's note" in (out / "tables.md").read_text() and "a caller's note" in (out / "results.json").read_text()
     assert [m.calls for m in registry.methods if isinstance(m, CopyMethod)] == calls
     assert scorer.reconstructor.calls == recon_calls
     assert again.summary("seen") == evaluated["first"].summary("seen")

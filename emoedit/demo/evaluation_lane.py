@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from emoedit.atomic_io import atomic_write_text
 from emoedit.demo.presets import EVALUATION_JOB_DEPENDENCIES, EVALUATION_JOB_PARTS, EvaluationPlan, json_ready
 from emoedit.demo.stages import OnSettingsChange, StageResult, StageRunner, format_seconds
 from emoedit.demo.training import REPO_ROOT, TrainJob, train_lanes
@@ -306,20 +305,13 @@ class EvaluationLane:
 
         cfg = self.evaluate_config(sets, cwd=Path.cwd())
         print(f"[evaluate] items per set: {cfg.items_per_set}", flush=True)
-        results = run_evaluation(cfg).results
+        dropped_notes = [f"set {s!r} dropped by `emoedit demo --evaluate`: the world has no items for it "
+                         "(no side views)" for s in dropped]  # reported where the tables are read
+        results = run_evaluation(cfg, notes=dropped_notes).results
         if results["failures"]:
             raise RuntimeError(f"evaluate: {len(results['failures'])} output(s) failed, e.g. "
                                f"{results['failures'][:2]}; re-run to retry them")
         notes = list(results.get("notes", []))
-        if dropped:  # say so where the tables are read: results.json and tables.md
-            from emoedit.evaluation.tables import format_report
-
-            notes += [f"set {s!r} dropped by `emoedit demo --evaluate`: the world has no items for it (no side views)"
-                      for s in dropped]
-            results = {**results, "notes": notes}
-            folder = self.out / EVALUATE_DIR
-            atomic_write_text(folder / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-            atomic_write_text(folder / TABLES_FILE, format_report(results))
         outputs = {"sets": {s: b["items"] for s, b in results["sets"].items()}, "dropped_sets": list(dropped),
                    "skipped": results.get("skipped", []), "notes": notes,
                    "counts": {s: b["counts"] for s, b in results["sets"].items()},

@@ -599,6 +599,7 @@ def run_evaluation(
     registry: MethodRegistry | None = None,  # methods to run (default: build_methods(config)); tests inject fakes
     scorer: Scorer | None = None,  # scoring networks (default: build_scorer(config)); tests inject tiny ones
     bundle_loader: Callable[..., Any] | None = None,  # load_bundle replacement for build_methods
+    notes: Sequence[str] = (),  # the caller's notes, reported with the harness's own (results, tables, W&B)
 ) -> EvaluationResults:
     """Run (or continue) the evaluation described by ``config``; see the module docstring."""
     from emoedit.data.synthetic import SyntheticWorld
@@ -633,7 +634,7 @@ def run_evaluation(
                 bar.update(1)
     monotonicity = _run_monotonicity(cfg, world, registry, scorer, out, counters)
     names = [m.name for m in methods]
-    notes = list(scorer.notes)
+    notes = [*notes, *scorer.notes]
     if failures:
         notes.append(f"{len(failures)} output(s) could not be made this time and have no row (results.json "
                      "'failures'; re-run to retry): " + "; ".join(f"{f['method']} on {f['item']}" for f in failures[:5]))
