@@ -136,6 +136,11 @@ def test_global_directions_are_emotion_means_minus_the_neutral_mean(world, encod
                                        exclude_clips=["M001/front/happy/level_3/001"])
     assert int(held_out.counts[0, EMOTIONS.index("happy")]) == 4 and held_out.extra["excluded_clips"] == [
         "M001/front/happy/level_3/001"]
+    from emoedit.editing.directions import DirectionsError
+
+    with pytest.raises(DirectionsError, match="does not hold"):  # a mistyped id is not silently ignored
+        run_psp_face_directions(world["cache"], encoder_ckpt, tmp_path / "typo.pt", emotions=SOLVED,
+                                exclude_clips=["M001/front/happy/level_3/0001"])
 
     from emoedit.baselines import crop_editor
 

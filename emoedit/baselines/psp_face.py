@@ -52,6 +52,7 @@ from emoedit.editing.directions import (
     EditDirections,
     EncodedBatch,
     texture_to_network,
+    without_clips,
 )
 from emoedit.editing.emotion_code import MAX_LEVEL, NEUTRAL
 from emoedit.editing.texture_editor import TextureEditor
@@ -189,10 +190,7 @@ def run_psp_face_directions(
         index = index.where(subject=list(subjects))
     if exclude_subjects:
         index = index.select(~index.mask("subject", list(exclude_subjects)))
-    if exclude_clips:
-        if "clip" not in index.names:
-            raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
-        index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
+    index = without_clips(reader, index, exclude_clips)
     index = index.select(index.mask("emotion", NEUTRAL) | index.mask("level", int(level)))
     if len(index) == 0:
         raise DirectionsError(f"{reader.root}: no neutral or level-{level} crops to encode (views {views})")

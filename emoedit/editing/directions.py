@@ -246,6 +246,25 @@ def check_subject_temperature(value: Any) -> float:
     return tau
 
 
+def without_clips(
+    reader: Any,  # the opened cache the index comes from (named in errors)
+    index: Any,  # its records, possibly already filtered
+    exclude_clips: Sequence[str],  # clip ids (the cache's "clip" metadata) to leave out
+) -> Any:
+    """``index`` without the records of ``exclude_clips``. :class:`DirectionsError` when the cache
+    has no clip ids or does not hold one of them (a mistyped or stale id would otherwise leave a
+    held-out clip in silently)."""
+    if not exclude_clips:
+        return index
+    if "clip" not in index.names:
+        raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
+    unknown = sorted({str(c) for c in exclude_clips} - {str(c) for c in reader.records().unique("clip")})
+    if unknown:
+        raise DirectionsError(f"{reader.root}: clips to exclude that the cache does not hold: {unknown[:5]}"
+                              + (f" ... ({len(unknown)} in all)" if len(unknown) > 5 else ""))
+    return index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
+
+
 # --------------------------------------------------------------------------- solving
 class DirectionAccumulator:
     """Streaming eq. 5: add labelled latents batch by batch, then :meth:`solve`.
@@ -563,14 +582,7 @@ def run_directions(
         if absent:
             raise DirectionsError(f"{reader.root}: subjects {absent[:5]} have no textures (views {views})")
         index = index.where(subject=list(subjects))
-    if exclude_clips:
-        if "clip" not in index.names:
-            raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
-        unknown = sorted({str(c) for c in exclude_clips} - {str(c) for c in reader.records().unique("clip")})
-        if unknown:
-            raise DirectionsError(f"{reader.root}: clips to exclude that the cache does not hold: {unknown[:5]}"
-                                  + (f" ... ({len(unknown)} in all)" if len(unknown) > 5 else ""))
-        index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
+    index = without_clips(reader, index, exclude_clips)
     keep = index.mask("emotion", NEUTRAL) | index.mask("level", int(level))
     index = index.select(keep)
     if len(index) == 0:

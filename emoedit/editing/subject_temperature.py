@@ -168,7 +168,7 @@ def classify_neutral_textures(
     from torch.utils.data import DataLoader
 
     from emoedit.data.cache import CacheDataset, ShardLocalSampler
-    from emoedit.editing.directions import DirectionsError, texture_to_network
+    from emoedit.editing.directions import DirectionsError, texture_to_network, without_clips
     from emoedit.editing.emotion_code import NEUTRAL
 
     if batch_size < 1:
@@ -189,10 +189,7 @@ def classify_neutral_textures(
             index = index.where(view=list(views))
         index = index.where(subject=list(subjects))
         index = index.select(index.mask("emotion", NEUTRAL))
-        if exclude_clips:
-            if "clip" not in index.names:
-                raise DirectionsError(f"{reader.root}: the cache has no 'clip' metadata, so clips cannot be excluded")
-            index = index.select(~index.mask("clip", [str(c) for c in exclude_clips]))
+        index = without_clips(reader, index, exclude_clips)
     if len(index) == 0:
         raise DirectionsError(f"{reader.root}: no neutral textures of the direction subjects (views {views})")
     dataset = CacheDataset(reader, fields=("uv_texture",), index=index, max_cached_shards=max_cached_shards)
