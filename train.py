@@ -14,7 +14,9 @@ resolved ``config.yaml``, ``checkpoints/`` (``last.ckpt`` + best) and the W&B lo
 
 Resume with ``ckpt_path=last`` (this run's last checkpoint, if any) or ``ckpt_path=PATH``;
 the checkpoint's model config must match (differences are listed). ``init_from=PATH``
-starts from a checkpoint's weights (strict) with a fresh optimiser and step count.
+starts from a checkpoint's weights (strict) with a fresh optimiser; its step and epoch
+counters restart at 0, or continue from the checkpoint's with ``init_keep_counters=true``
+(then ``trainer.max_steps`` counts the checkpoint's steps too, like StyleGAN's resume kimg).
 Any ``pytorch_lightning.Trainer`` argument can be set as ``trainer.NAME=VALUE``, e.g.
 ``trainer.devices=2 trainer.strategy=ddp trainer.precision=bf16-mixed trainer.max_steps=1000``.
 """
@@ -200,6 +202,39 @@ def resolve_ckpt_path(cfg: Any, run_dir: Path) -> str | None:
     return str(path)
 
 
+#: Entries of a Lightning checkpoint that ``init_keep_counters`` carries over: the weights and
+#: the loop progress (global step, epoch, batches). Optimiser, scheduler, callback (timer,
+#: best-checkpoint) and precision states are left behind, so they start fresh.
+COUNTER_KEYS = ("state_dict", "loops", "global_step", "epoch", "pytorch-lightning_version")
+
+
+def write_counters_checkpoint(init: dict[str, Any], run_dir: Path, *, source: str) -> Path:
+    """A resumable copy of checkpoint ``init`` holding only :data:`COUNTER_KEYS`, for Lightning's
+    own resume path (``trainer.fit(ckpt_path=...)``) to restore the weights and continue the
+    step and epoch counters. ``optimizer_states`` and ``lr_schedulers`` are empty lists: Lightning
+    pairs saved states with the run's optimisers and schedulers one by one, so none is restored
+    and they start from their initial state.
+
+    Written atomically to a file of its own in ``run_dir`` (one per process under DDP); the
+    caller deletes it after the run. Raises ``CheckpointError`` naming ``source`` when the
+    checkpoint has no loop state (not saved by a Lightning Trainer).
+    """
+    import tempfile
+
+    from emoedit.atomic_io import atomic_torch_save
+    from emoedit.checkpoint_io import CheckpointError
+
+    missing = [key for key in COUNTER_KEYS if key not in init]
+    if missing:
+        raise CheckpointError(f"{source}: init_keep_counters needs a Lightning training checkpoint; "
+                              f"this one has no {', '.join(missing)}")
+    derived = {key: init[key] for key in COUNTER_KEYS}
+    derived.update(optimizer_states=[], lr_schedulers=[])
+    handle, name = tempfile.mkstemp(prefix=".init_counters.", suffix=".ckpt", dir=run_dir)
+    os.close(handle)
+    return atomic_torch_save(derived, name)
+
+
 def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
     """Build everything from ``cfg`` (a composed config) and fit, with ``callbacks`` (Lightning
     callbacks, e.g. the demo's progress reporter) after the run's own. Returns the Trainer."""
@@ -207,7 +242,7 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
     import torch
 
     from emoedit.checkpoint_io import check_model_config, load_checkpoint
-    from emoedit.config import config_to_plain, save_config_yaml
+    from emoedit.config import ConfigError, config_to_plain, save_config_yaml
 
     run_dir = Path(cfg.output_dir)
     if not run_dir.is_absolute():
@@ -216,6 +251,8 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(cfg.matmul_precision)
 
+    if cfg.init_keep_counters and not cfg.init_from:
+        raise ConfigError("init_keep_counters=true needs init_from=PATH (the checkpoint whose counters to keep)")
     model_plain = config_to_plain(cfg.model)
     ckpt_path = resolve_ckpt_path(cfg, run_dir)
     if ckpt_path:
@@ -223,6 +260,7 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
 
     system = spec.system(config=model_plain)
     datamodule = spec.datamodule(config=config_to_plain(cfg.data))
+    counters_from: Path | None = None  # a private resumable copy of init_from (init_keep_counters)
     if cfg.init_from and not ckpt_path:
         init = load_checkpoint(cfg.init_from)
         # Keys that do not change the saved weights (learning rates, regularisation...) may
@@ -230,6 +268,10 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
         training_keys = getattr(spec.system, "TRAINING_KEYS", frozenset())
         check_model_config(init, model_plain, part=cfg.part, path=cfg.init_from, ignore=training_keys)
         system.load_state_dict(init["state_dict"], strict=True)
+        system.started_from_init = True
+        if cfg.init_keep_counters:
+            counters_from = write_counters_checkpoint(init, run_dir, source=cfg.init_from)
+            ckpt_path = str(counters_from)
 
     if os.environ.get("LOCAL_RANK", "0") == "0":
         save_config_yaml(cfg, run_dir / "config.yaml")
@@ -240,9 +282,11 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
         default_root_dir=str(run_dir),
     )
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         _save_final_last(trainer, cfg, run_dir)
     finally:
+        if counters_from is not None:
+            counters_from.unlink(missing_ok=True)
         if cfg.logger.kind == "wandb":
             import wandb
 

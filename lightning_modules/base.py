@@ -22,6 +22,9 @@ class EmoeditSystem(pl.LightningModule, Generic[ConfigT]):
 
     PART: ClassVar[str]  # part name as in train.py's table
     CONFIG_CLS: ClassVar[type]  # the ``model`` section's dataclass
+    #: set by train.py when this run's weights come from ``init_from`` (not a resume): the
+    #: run begins at step 0, or at the checkpoint's step with ``init_keep_counters``
+    started_from_init: bool = False
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         super().__init__()

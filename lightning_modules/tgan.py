@@ -93,7 +93,7 @@ class TGANModelConfig:
     style_mixing_prob: float = 0.9  # probability of mixing two latents at a random layer
     ema_kimg: float = 10.0  # half-life of the generator EMA, thousands of images (global batch)
     ema_rampup: Optional[float] = None  # ada's ramp-up: half-life <= ema_rampup · images seen (None: off)
-    reset_ema: bool = False  # at step 0 of a run, copy G into G_ema (e.g. fine-tuning with init_from)
+    reset_ema: bool = False  # at the start of a fresh or init_from run (not a resume), copy G into G_ema
     # --- samples, media, FID
     sample_seed: int = 0  # seed of the fixed sample latents
     num_samples: int = 16  # images per sample grid
@@ -379,7 +379,8 @@ class TGANSystem(EmoeditSystem[TGANModelConfig]):
                              "not loss-scaled); use 32 with model.num_bf16_res for reduced precision")
 
     def on_train_start(self) -> None:
-        if self.config.reset_ema and self.global_step == 0:
+        # A fresh run or an init_from run (whose step may be kept), never a resume.
+        if self.config.reset_ema and (self.global_step == 0 or self.started_from_init):
             self.G_ema.load_state_dict(self.G.state_dict())
 
     def global_batch(self, batch_size: int) -> int:

@@ -133,9 +133,12 @@ def test_trains_resumes_and_inits_from_checkpoint(tmp_path, cache_dir, monkeypat
     starts: list[int] = []
     original = TGANSystem.on_train_start
 
+    ema_is_g: list[bool] = []
+
     def record_start(self):
         starts.append(self.global_step)
         original(self)
+        ema_is_g.append(all(torch.equal(a, b) for a, b in zip(self.G_ema.parameters(), self.G.parameters())))
 
     monkeypatch.setattr(TGANSystem, "on_train_start", record_start)
     cfg = compose(tmp_path, cache_dir, "trainer.max_steps=3", "logger.kind=csv")
@@ -171,6 +174,19 @@ def test_trains_resumes_and_inits_from_checkpoint(tmp_path, cache_dir, monkeypat
     for key, value in loaded.items():
         assert torch.equal(value, expected[key]), key
     assert fresh.global_step == 0
+
+    # init_from keeping the counters: the step count and kimg continue from the checkpoint (5), the
+    # optimisers start fresh, and reset_ema still applies although the run does not start at step 0.
+    kept = train.run(SPEC, compose(tmp_path, cache_dir, "trainer.max_steps=6", "logger.kind=csv",
+                                   f"init_from={source}", "init_keep_counters=true", "model.reset_ema=true",
+                                   run="kept"))
+    assert starts[-1] == 5 and kept.global_step == 6 and ema_is_g[-1]
+    assert kept.callback_metrics["tgan/train/kimg"].item() == pytest.approx(6 * 4 / 1000)
+    adam_steps = {int(state["step"]) for opt in load_checkpoint(tmp_path / "kept" / "checkpoints" / "last.ckpt")
+                  ["optimizer_states"] for state in opt["state"].values()}
+    resumed_steps = {int(state["step"]) for opt in ckpt["optimizer_states"] for state in opt["state"].values()}
+    assert max(adam_steps) <= 2 < min(resumed_steps), (adam_steps, resumed_steps)
+    assert not ema_is_g[1], "a resume keeps its EMA (G_ema starts as a copy of G only in a fresh run)"
 
 
 def test_training_keys_leave_the_state_dict_unchanged():

@@ -156,6 +156,44 @@ def test_init_from_loads_weights_with_fresh_step_count(config_dir, tmp_path):
     assert trainer.global_step == 0
 
 
+def test_init_from_keeps_the_step_count_by_choice(config_dir, tmp_path):
+    _fit(config_dir, tmp_path, "trainer.max_steps=4", "logger.kind=none")
+    source = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    expected = load_checkpoint(source)
+    assert expected["global_step"] == 4 and expected["optimizer_states"][0]["state"][0]["step"] == 4
+
+    def init_run(name: str, *overrides: str):
+        cfg = compose_config(
+            ToyRunConfig, part="toy", config_dir=config_dir,
+            overrides=[f"output_dir={tmp_path / name}", f"init_from={source}", "init_keep_counters=true",
+                       "logger.kind=none", "trainer.enable_progress_bar=false", "trainer.limit_val_batches=0",
+                       *overrides],
+        )
+        return train.run(SPEC, cfg)
+
+    unchanged = init_run("same", "trainer.max_steps=4")  # already at max_steps: the weights as loaded
+    assert unchanged.global_step == 4
+    for key, value in unchanged.lightning_module.state_dict().items():
+        assert torch.equal(value, expected["state_dict"][key]), key
+
+    kept = init_run("kept", "trainer.max_steps=6")
+    assert kept.lightning_module.start_step == 4 and kept.global_step == 6
+    ckpt = load_checkpoint(tmp_path / "kept" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 6
+    adam = ckpt["optimizer_states"][0]
+    assert adam["state"][0]["step"] == 2, "the optimiser must start fresh (its own 2 steps, not 4 + 2)"
+    assert not torch.equal(ckpt["state_dict"]["net.0.weight"], expected["state_dict"]["net.0.weight"])
+    assert not list((tmp_path / "kept").glob(".init_counters.*")), "the private counters checkpoint is removed"
+
+    with pytest.raises(ConfigError, match="init_keep_counters=true needs init_from"):
+        _fit(config_dir, tmp_path, "trainer.max_steps=1", "logger.kind=none", "init_keep_counters=true")
+    with pytest.raises(CheckpointError, match="needs a Lightning training checkpoint; this one has no loops"):
+        weights_only = tmp_path / "weights.ckpt"
+        torch.save({key: expected[key] for key in ("state_dict", "hyper_parameters", "global_step", "epoch",
+                                                   "pytorch-lightning_version")}, weights_only)
+        init_run("bad", "trainer.max_steps=6", f"init_from={weights_only}")
+
+
 def test_resume_from_missing_or_corrupt_checkpoint(config_dir, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         _fit(config_dir, tmp_path, f"ckpt_path={tmp_path / 'nope.ckpt'}", "logger.kind=none")

@@ -51,7 +51,8 @@ class RunConfig:
     part: str = "???"  # filled by train.py from the command line
     run_name: str = "default"  # sub-folder name under runs/<part>/
     ckpt_path: Optional[str] = None  # resume: a .ckpt path, or "last" = this run's last.ckpt if present
-    init_from: Optional[str] = None  # start weights from a checkpoint (strict), fresh optimiser and step count
+    init_from: Optional[str] = None  # start weights from a checkpoint (strict), with a fresh optimiser
+    init_keep_counters: bool = False  # with init_from: continue its step/epoch counters (True) or restart at 0
     matmul_precision: str = "highest"  # torch.set_float32_matmul_precision ("high" enables TF32 on GPUs)
     trainer: dict[str, Any] = field(default_factory=dict)  # keyword arguments of pytorch_lightning.Trainer
     logger: LoggerConfig = field(default_factory=LoggerConfig)
