@@ -222,3 +222,14 @@ def test_ddp_two_cpu_processes(config_dir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "WORLD 2" in out.stdout and "RANK 1" in out.stdout and "STEP 4" in out.stdout
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").exists()
+
+    # init_from keeping the counters under DDP: every process reads its own private copy
+    kept = [sys.executable, str(repo / "tests" / "toy_part.py"), str(config_dir), f"output_dir={tmp_path / 'kept'}",
+            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=6",
+            "trainer.enable_progress_bar=false", "logger.kind=csv",
+            f"init_from={tmp_path / 'ddp' / 'checkpoints' / 'last.ckpt'}", "init_keep_counters=true"]
+    out = subprocess.run(kept, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "RANK 0 WORLD 2 START 4 STEP 6" in out.stdout and "RANK 1 WORLD 2 START 4 STEP 6" in out.stdout, out.stdout
+    assert load_checkpoint(tmp_path / "kept" / "checkpoints" / "last.ckpt")["global_step"] == 6
+    assert not list((tmp_path / "kept").glob(".init_counters.*"))

@@ -88,4 +88,5 @@ if __name__ == "__main__":  # used by the DDP test: python tests/toy_part.py CON
     spec = train.PartSpec(ToySystem, ToyDataModule, ToyRunConfig, "toy regression")
     cfg = compose_config(ToyRunConfig, part="toy", config_dir=sys.argv[1], overrides=sys.argv[2:])
     trainer = train.run(spec, cfg)
-    print(f"RANK {trainer.global_rank} WORLD {trainer.world_size} STEP {trainer.global_step}")
+    print(f"RANK {trainer.global_rank} WORLD {trainer.world_size} START {trainer.lightning_module.start_step} "
+          f"STEP {trainer.global_step}")
