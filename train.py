@@ -27,6 +27,7 @@ import difflib
 import inspect
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -275,6 +276,9 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
 
     if os.environ.get("LOCAL_RANK", "0") == "0":
         save_config_yaml(cfg, run_dir / "config.yaml")
+    # The GAN parts optimise manually and checkpoint the state after an iteration on purpose
+    # (it is the resume point); Lightning 2.6 warns about that at every step-based checkpoint.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     trainer = pl.Trainer(
         **check_trainer_args(config_to_plain(cfg.trainer)),
         logger=build_logger(cfg, run_dir),
