@@ -209,31 +209,33 @@ def resolve_ckpt_path(cfg: Any, run_dir: Path) -> str | None:
 COUNTER_KEYS = ("state_dict", "loops", "global_step", "epoch", "pytorch-lightning_version")
 
 
-def write_counters_checkpoint(init: dict[str, Any], run_dir: Path, *, source: str) -> Path:
+def counters_state(init: dict[str, Any], *, source: str) -> dict[str, Any]:
     """A resumable copy of checkpoint ``init`` holding only :data:`COUNTER_KEYS`, for Lightning's
     own resume path (``trainer.fit(ckpt_path=...)``) to restore the weights and continue the
     step and epoch counters. ``optimizer_states`` and ``lr_schedulers`` are empty lists: Lightning
     pairs saved states with the run's optimisers and schedulers one by one, so none is restored
-    and they start from their initial state.
-
-    Written atomically to a file of its own in ``run_dir`` (one per process under DDP); the
-    caller deletes it after the run. Raises ``CheckpointError`` naming ``source`` when the
-    checkpoint has no loop state (not saved by a Lightning Trainer).
+    and they start from their initial state. Raises ``CheckpointError`` naming ``source`` when
+    the checkpoint has no loop state (not saved by a Lightning Trainer).
     """
-    import tempfile
-
-    from emoedit.atomic_io import atomic_torch_save
     from emoedit.checkpoint_io import CheckpointError
 
     missing = [key for key in COUNTER_KEYS if key not in init]
     if missing:
         raise CheckpointError(f"{source}: init_keep_counters needs a Lightning training checkpoint; "
                               f"this one has no {', '.join(missing)}")
-    derived = {key: init[key] for key in COUNTER_KEYS}
-    derived.update(optimizer_states=[], lr_schedulers=[])
+    return {**{key: init[key] for key in COUNTER_KEYS}, "optimizer_states": [], "lr_schedulers": []}
+
+
+def write_private_checkpoint(state: dict[str, Any], run_dir: Path) -> Path:
+    """``state`` saved atomically to a file of its own in ``run_dir`` (one per process under
+    DDP), for ``trainer.fit(ckpt_path=...)``; the caller deletes it after the run."""
+    import tempfile
+
+    from emoedit.atomic_io import atomic_torch_save
+
     handle, name = tempfile.mkstemp(prefix=".init_counters.", suffix=".ckpt", dir=run_dir)
     os.close(handle)
-    return atomic_torch_save(derived, name)
+    return atomic_torch_save(state, name)
 
 
 def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
@@ -261,7 +263,7 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
 
     system = spec.system(config=model_plain)
     datamodule = spec.datamodule(config=config_to_plain(cfg.data))
-    counters_from: Path | None = None  # a private resumable copy of init_from (init_keep_counters)
+    keep_counters_of: dict[str, Any] | None = None  # init_from's weights and loop state (init_keep_counters)
     if cfg.init_from and not ckpt_path:
         init = load_checkpoint(cfg.init_from)
         # Keys that do not change the saved weights (learning rates, regularisation...) may
@@ -271,8 +273,7 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
         system.load_state_dict(init["state_dict"], strict=True)
         system.started_from_init = True
         if cfg.init_keep_counters:
-            counters_from = write_counters_checkpoint(init, run_dir, source=cfg.init_from)
-            ckpt_path = str(counters_from)
+            keep_counters_of = counters_state(init, source=cfg.init_from)
 
     if os.environ.get("LOCAL_RANK", "0") == "0":
         save_config_yaml(cfg, run_dir / "config.yaml")
@@ -285,7 +286,11 @@ def run(spec: PartSpec, cfg: Any, *, callbacks: Sequence[Any] = ()) -> Any:
         callbacks=[*build_callbacks(cfg, run_dir, system), *callbacks],
         default_root_dir=str(run_dir),
     )
+    counters_from: Path | None = None  # a private resumable copy of init_from, removed below
     try:
+        if keep_counters_of is not None:
+            counters_from = write_private_checkpoint(keep_counters_of, run_dir)
+            ckpt_path = str(counters_from)
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         _save_final_last(trainer, cfg, run_dir)
     finally:

@@ -185,6 +185,9 @@ def test_init_from_keeps_the_step_count_by_choice(config_dir, tmp_path):
     assert not torch.equal(ckpt["state_dict"]["net.0.weight"], expected["state_dict"]["net.0.weight"])
     assert not list((tmp_path / "kept").glob(".init_counters.*")), "the private counters checkpoint is removed"
 
+    with pytest.raises(ConfigError, match="max_stepz"):  # a run that fails before fit leaves no private file
+        init_run("typo", "trainer.max_stepz=6")
+    assert not list((tmp_path / "typo").glob(".init_counters.*"))
     with pytest.raises(ConfigError, match="init_keep_counters=true needs init_from"):
         _fit(config_dir, tmp_path, "trainer.max_steps=1", "logger.kind=none", "init_keep_counters=true")
     with pytest.raises(CheckpointError, match="needs a Lightning training checkpoint; this one has no loops"):
