@@ -4,7 +4,8 @@
     .venv/bin/python scripts/texture_direction_check.py --work outputs/results/texture_rich32 \
         [--texture-size 32] [--tau 16]
 
-Reads what ``scripts/texture_demo_world.py`` left under ``--work`` (world, runs, directions.pt).
+Reads what ``scripts/texture_demo_world.py`` left under ``--work`` (world, the trained checkpoints
+named by ``runs/<part>/done.json``, directions.pt).
 For every front evaluation clip and emotion, the *oracle* direction is the clip's mean
 ``E(truth) − E(I)`` over its frames (every 2nd frame); it is compared in W+ with the mean
 direction (the "without classifier" ablation), eq. 4 at temperature ``--tau`` and, for seen
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import sys
 from pathlib import Path
 
@@ -42,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     world = SyntheticWorld.open(work / "world")
     directions = EditDirections.load(work / "directions.pt")
-    runs = work / "runs"
-    nets = demo.load_networks(str(runs / "tgan/checkpoints/last.ckpt"), str(runs / "texture_encoder/checkpoints/last.ckpt"),
-                              str(runs / "classifier/checkpoints/last.ckpt"), directions)
+    # The checkpoints the results script evaluated (its done.json per part).
+    trained = {part: json.loads((work / "runs" / part / "done.json").read_text())["checkpoint"]
+               for part in ("tgan", "texture_encoder", "classifier")}
+    nets = demo.load_networks(trained["tgan"], trained["texture_encoder"], trained["classifier"], directions)
     train = set(demo.training_selection(world).train_subjects)
     editor = TextureEditor.from_directions(directions)
     tempered = TextureEditor.from_directions(directions.with_subject_temperature(args.tau))
