@@ -142,6 +142,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> None:
         "refine": args.refine or None,
         "fitter": _key_values(args.fitter, "--fitter") or None,
         "texture_size": args.texture_size,
+        "texture_region_min_cos": args.texture_region_min_cos,
+        "texture_region_margin": args.texture_region_margin,
         "mouth_crop_size": args.mouth_size,
         "quality_filter": args.quality_filter,
         "filter": _key_values(args.filter, "--filter") or None,
@@ -311,6 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--refine", action="store_true", help="refine a regressor's estimate with the fitter")
     pre.add_argument("--fitter", nargs="*", metavar="KEY=VALUE", help="fitter settings (FitterConfig fields)")
     pre.add_argument("--texture-size", type=int, help="UV texture side, texels")
+    pre.add_argument("--texture-region-min-cos", type=float, metavar="COS",
+                     help="face region of the textures: texels whose frontal normal faces the camera by a cosine "
+                          "below COS (the rim: background, silhouette) are cached mid-grey (default: every texel)")
+    pre.add_argument("--texture-region-margin", type=int, metavar="TEXELS",
+                     help="with --texture-region-min-cos: move the rim this many texels inward (default 0)")
     pre.add_argument("--mouth-size", type=int, help="mouth crop side, pixels")
     pre.add_argument("--quality-filter", action=argparse.BooleanOptionalAction, default=None,
                      help="FFHQ-style filter (default: on for ffhq inputs)")

@@ -40,6 +40,12 @@ Steps (every artefact goes under ``--work``; finished steps are reused by a re-r
       ``G(E(truth))`` (the best any W+ edit through this G and E could reach). Errors are
       over texels visible in both the input and the truth frame.
 
+With ``--texture-region-min-cos`` the cache holds the rim outside the face region filled
+(:mod:`emoedit.texture.face_region`); the networks get their inputs filled the same way, (a)
+is scored inside the region, and in (c) every decoded row is shown as the edit pipeline shows
+it: the decoded texture inside the region, the frame's own outside (the ``residual`` rows'
+change is zero there).
+
 The core (:func:`evaluate`) works on in-memory networks, so the tests run it on the tiny
 world with untrained networks.
 """
@@ -126,14 +132,17 @@ def ensure_world(world_dir: str | None, work: Path, *, preset: str, seed: int) -
     return root
 
 
-def preprocess(world: Path, work: Path, *, texture_size: int, frame_stride: int, threads: int) -> dict[str, Any]:
-    """Front MEAD clips → ``<work>/preprocess/textures`` (stage reconstruct, truth coefficients)."""
+def preprocess(world: Path, work: Path, *, texture_size: int, frame_stride: int, threads: int,
+               region_min_cos: float | None = None, region_margin: int = 0) -> dict[str, Any]:
+    """Front MEAD clips → ``<work>/preprocess/textures`` (stage reconstruct, truth coefficients;
+    ``region_min_cos``, ``region_margin``: the cache's face region, ``PreprocessConfig.texture_region_*``)."""
     from emoedit.data.preprocess import PreprocessConfig, run_preprocess
 
     config = PreprocessConfig(
         input_kind="mead", inputs=(str(world),), output_dir=str(work / "preprocess"), stage="reconstruct",
         views=("front",), reconstructor="truth", crop_size=64, texture_size=texture_size, mouth_crop_size=32,
-        frame_stride=frame_stride, torch_threads=threads, progress=False,
+        frame_stride=frame_stride, torch_threads=threads, progress=False, texture_region_min_cos=region_min_cos,
+        texture_region_margin=region_margin,
     )
     summary = run_preprocess(config)
     if summary.clips_failed:
@@ -340,11 +349,33 @@ class Networks:
     generator: Any  # StyleGAN2Generator (its synthesis decodes W+)
     classifier: Any  # SubjectClassifier over the training subjects
     directions: Any  # EditDirections (eq. 5)
+    region: Tensor | None = None  # (T, T) bool face region the networks were trained on (None: every texel)
+
+    def cache_view(self, uv01: Tensor) -> Tensor:
+        """(B, 3, T, T) [0, 1] textures as the cache holds them: the rim filled when there is a region."""
+        from emoedit.texture.face_region import fill_outside_region
+
+        return uv01 if self.region is None else fill_outside_region(uv01, self.region)
+
+    def network_input(self, uv01: Tensor) -> Tensor:
+        """(B, 3, T, T) [0, 1] → the networks' [−1, 1] input (:meth:`cache_view`, rescaled)."""
+        return self.cache_view(uv01) * 2.0 - 1.0
+
+    def in_region(self, decoded: Tensor, texture: Tensor) -> Tensor:
+        """What the pipeline shows for a decoded texture: ``decoded`` inside the face region,
+        ``texture`` (the frame's own) outside it; ``decoded`` itself without a region."""
+        return decoded if self.region is None else torch.where(self.region, decoded, texture)
+
+    def region_change(self, change: Tensor) -> Tensor:
+        """A texture change with the texels outside the face region set to 0 (what an edit changes)."""
+        from emoedit.texture.face_region import mask_outside_region
+
+        return change if self.region is None else mask_outside_region(change, self.region)
 
     def encode(self, uv01: Tensor) -> Tensor:
         """(B, 3, T, T) [0, 1] → W+ (B, num_ws, w_dim)."""
         with torch.no_grad():
-            return self.encoder(uv01 * 2.0 - 1.0).wplus
+            return self.encoder(self.network_input(uv01)).wplus
 
     def decode(self, wplus: Tensor, size: int) -> Tensor:
         """W+ → (B, 3, size, size) [0, 1] (resized when the generator's resolution differs)."""
@@ -359,7 +390,7 @@ class Networks:
     def subject_weights(self, uv01: Tensor) -> Tensor:
         """(B, N) softmax weights over the training subjects (directions' row order)."""
         with torch.no_grad():
-            out = self.classifier(uv01 * 2.0 - 1.0)
+            out = self.classifier(self.network_input(uv01))
         order = [self.classifier.subjects.index(s) for s in self.directions.subjects]
         return out.subject_weights[:, order]
 
@@ -400,7 +431,10 @@ def evaluate(
         uv = data["uv_texture"].float().div(255.0)
         for rows in _batches(uv.shape[0], batch_size):
             rebuilt = networks.decode(networks.encode(uv[rows]), texture_size)
-            recon.add("G(E(I))", *masked_errors(rebuilt, uv[rows], data["visibility"][rows]))
+            scored = data["visibility"][rows]  # with a face region: the texels the networks model
+            if networks.region is not None:
+                scored = scored & networks.region
+            recon.add("G(E(I))", *masked_errors(rebuilt, uv[rows], scored))
     results["reconstruction_unseen"] = {**recon.summary()["G(E(I))"], "source": "unseen subjects' front clips"}
     log(f"(a) reconstruction on unseen subjects: {results['reconstruction_unseen']}")
 
@@ -415,7 +449,7 @@ def evaluate(
         subject = clip.split("/")[0]
         uv = data["uv_texture"].float().div(255.0)
         with torch.no_grad():
-            out = networks.classifier(uv * 2.0 - 1.0)
+            out = networks.classifier(networks.network_input(uv))
         target = networks.classifier.subjects.index(subject)
         correct = int((out.logits.argmax(-1) == target).sum())
         hits += correct
@@ -445,6 +479,7 @@ def evaluate(
     for group, sources in groups.items():
         acc = Accumulator()
         per_emotion: dict[str, Accumulator] = {e: Accumulator() for e in targets}
+        per_cell: dict[str, Accumulator] = {}  # "<clip id>|<emotion>": the input and the residual rows
         cosines: dict[str, list[float]] = {}
         for source in sources:
             truth = world.load_truth(source)
@@ -460,7 +495,7 @@ def evaluate(
                 if len(rows) == len(frames):
                     both = inputs.visibility & cached["visibility"][rows]
                     sanity.add("direct extraction vs cache", *masked_errors(
-                        x, cached["uv_texture"][rows].float().div(255.0), both))
+                        networks.cache_view(x), cached["uv_texture"][rows].float().div(255.0), both))
             x0 = torch.cat([networks.encode(x[r]) for r in _batches(len(frames), batch_size)])
             recon_x = torch.cat([networks.decode(x0[r], texture_size) for r in _batches(len(frames), batch_size)])
             weights = torch.cat([networks.subject_weights(x[r]) for r in _batches(len(frames), batch_size)])
@@ -488,27 +523,36 @@ def evaluate(
                     index_rows = editor.subject_index([source.key.subject] * len(frames))
                     outputs["eq. 3 (own directions)"] = networks.decode(
                         editor(x0, code, subject_index=index_rows).wplus, texture_size)
+                # With a face region, every decoded row is shown as the pipeline shows it: the
+                # frame's own texture outside the region (the networks never model the rim).
+                outputs = {row: pred if row == "input (unedited)" else networks.in_region(pred, x)
+                           for row, pred in outputs.items()}
+                cell = per_cell.setdefault(f"{source.key.clip_id}|{emotion}", Accumulator())
                 for row, pred in outputs.items():
                     errors = masked_errors(pred, y, mask)
                     acc.add(row, *errors)
                     per_emotion[emotion].add(row, *errors)
+                    if row == "input (unedited)":
+                        cell.add(row, *errors)
                     if row in EDIT_ROWS:
                         # Diagnostics that separate the edit from the reconstruction error: the
                         # method's texture change Δ = G(x) − G(x0) against the true change y − I
                         # (cosine over the visible texels), and Δ added to the input itself.
-                        change = pred - recon_x
+                        change = networks.region_change(pred - networks.in_region(recon_x, x))
                         cos = torch.nn.functional.cosine_similarity((change * mask).flatten(1),
                                                                     ((y - x) * mask).flatten(1), dim=1)
                         cosines.setdefault(row, []).extend(cos.tolist())
                         transfer = masked_errors((x + change).clamp(0.0, 1.0), y, mask)
                         acc.add(DIAGNOSTIC_PREFIX + row, *transfer)
                         per_emotion[emotion].add(DIAGNOSTIC_PREFIX + row, *transfer)
+                        cell.add(DIAGNOSTIC_PREFIX + row, *transfer)
             log(f"(c) {group}: {source.key.subject} done")
         if not sources:
             continue
         results[f"edit_{group}"] = {
             "rows": acc.summary(),
             "per_emotion": {e: a.summary() for e, a in per_emotion.items()},
+            "per_cell": {key: {row: v["psnr"] for row, v in a.summary().items()} for key, a in per_cell.items()},
             "change_cosine": {row: sum(v) / len(v) for row, v in cosines.items()},
             "subjects": sorted({s.key.subject for s in sources}),
             "frames_per_clip": len(range(0, world.load_truth(sources[0]).num_frames, eval_frame_stride)),
@@ -517,6 +561,34 @@ def evaluate(
         }
     results["extraction_check"] = sanity.summary().get("direct extraction vs cache")
     return results
+
+
+def paired_difference(
+    per_cell: dict[str, dict[str, float]],  # "<clip>|<emotion>" -> row -> mean PSNR of the cell's textures
+    better: str,  # row whose advantage is measured
+    than: str,  # the row it is compared with
+    *,
+    resamples: int = 2000,  # bootstrap resamples of the cells
+    seed: int = 0,  # bootstrap seed
+) -> dict[str, float] | None:
+    """``better − than`` in PSNR over the cells holding both rows: mean, 95 % bootstrap interval
+    (percentiles, cells resampled with replacement), cells where ``better`` is ahead; None
+    without such cells."""
+    diffs = torch.tensor([row[better] - row[than] for row in per_cell.values() if better in row and than in row],
+                         dtype=torch.float64)
+    if diffs.numel() == 0:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, diffs.numel(), (resamples, diffs.numel()), generator=generator)
+    means = diffs[picks].mean(dim=1)
+    return {"mean": float(diffs.mean()), "low": float(torch.quantile(means, 0.025)),
+            "high": float(torch.quantile(means, 0.975)), "ahead": int((diffs > 0).sum()), "cells": int(diffs.numel())}
+
+
+#: Paired comparisons printed under each group's table: (better, than).
+PAIRED = ((DIAGNOSTIC_PREFIX + EQ4_TAU, "input (unedited)"),
+          (DIAGNOSTIC_PREFIX + EQ4_TAU, DIAGNOSTIC_PREFIX + "mean direction (w/o classifier)"),
+          (DIAGNOSTIC_PREFIX + "eq. 3 (own directions)", DIAGNOSTIC_PREFIX + "mean direction (w/o classifier)"))
 
 
 # --------------------------------------------------------------------------- tables
@@ -572,11 +644,36 @@ def markdown_tables(results: dict[str, Any]) -> str:
             if name in rows:
                 values = [block["per_emotion"][e][name]["psnr"] for e in block["emotions"]]
                 lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+        paired = [(a, b, paired_difference(block.get("per_cell", {}), a, b)) for a, b in PAIRED]
+        if any(p is not None for _, _, p in paired):
+            lines += ["", "Paired, per clip × emotion cell (residual rows: I + Δ; mean PSNR of the cell's frames; "
+                      "95 % bootstrap interval of the mean over cells):", "", "| comparison | mean difference (dB) | 95 % interval | ahead in |",
+                      "|---|---|---|---|"]
+            for a, b, p in paired:
+                if p is not None:
+                    lines.append(f"| {a.removeprefix(DIAGNOSTIC_PREFIX)} − {b.removeprefix(DIAGNOSTIC_PREFIX)} "
+                                 f"| {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | "
+                                 f"{p['ahead']} / {p['cells']} cells |")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
-def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, directions: Any) -> Networks:
+def cache_region(cache: str, world: Any, texture_size: int) -> Tensor | None:
+    """The face region a textures cache was written with (its ``texture.region_min_cos`` attribute), or None."""
+    from emoedit.data.cache import CacheReader
+    from emoedit.texture.face_region import face_region
+    from emoedit.texture.uv_layout import UVLayout
+
+    texture = CacheReader.open(cache, kind="textures").attributes.get("texture", {})
+    if texture.get("region_min_cos") is None:
+        return None
+    model = world.face_model()
+    return face_region(model, UVLayout.from_model(model, texture_size), float(texture["region_min_cos"]),
+                       int(texture.get("region_margin", 0)))
+
+
+def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, directions: Any,
+                  region: Tensor | None = None) -> Networks:
     from emoedit.checkpoint_io import load_checkpoint
     from emoedit.networks.psp_encoder import PSPEncoder
     from emoedit.networks.subject_classifier import SubjectClassifier
@@ -589,7 +686,8 @@ def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, direc
     else:
         generator, _, _ = load_tgan_generator(tgan_ckpt)
     return Networks(encoder=PSPEncoder.from_checkpoint(encoder_ckpt), generator=generator.float(),
-                    classifier=SubjectClassifier.from_checkpoint(classifier_ckpt), directions=directions)
+                    classifier=SubjectClassifier.from_checkpoint(classifier_ckpt), directions=directions,
+                    region=region)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -600,6 +698,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="world seed and training seed")
     p.add_argument("--texture-size", type=int, default=64, help="UV texture side of the cache and the t-GAN")
     p.add_argument("--frame-stride", type=int, default=1, help="preprocess every n-th frame")
+    p.add_argument("--texture-region-min-cos", type=float, default=None,
+                   help="face region of the textures (PreprocessConfig.texture_region_min_cos; default: every texel)")
+    p.add_argument("--texture-region-margin", type=int, default=0,
+                   help="texels the face region's rim is moved inward (PreprocessConfig.texture_region_margin)")
     p.add_argument("--eval-frame-stride", type=int, default=2, help="evaluate every n-th frame of the eval clips")
     p.add_argument("--tgan-steps", type=int, default=1000, help="t-GAN iterations")
     p.add_argument("--tgan-minutes", type=float, default=11.0, help="t-GAN wall-time cap (0: none)")
@@ -637,7 +739,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     out["preprocess"] = preprocess(world_dir, work, texture_size=args.texture_size, frame_stride=args.frame_stride,
-                                   threads=args.threads)
+                                   threads=args.threads, region_min_cos=args.texture_region_min_cos,
+                                   region_margin=args.texture_region_margin)
     out["times"]["preprocess_s"] = time.perf_counter() - t0
     print(f"preprocess: {out['preprocess']}", flush=True)
     if args.stop_after == "preprocess":
@@ -692,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     networks = load_networks(training["tgan"]["checkpoint"], encoder_ckpt, training["classifier"]["checkpoint"],
-                             directions)
+                             directions, region=cache_region(cache, world, args.texture_size))
     calibration = calibrate_temperature(cache, networks.classifier, directions, selection)
     out["subject_temperature"] = calibration.as_dict()
     print(f"eq. 4 temperature (leave-one-subject-out): {calibration.as_dict()}", flush=True)

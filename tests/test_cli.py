@@ -25,6 +25,21 @@ def test_synth_then_preprocess_through_the_cli(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["already_done"] == 3
 
 
+def test_preprocess_texture_region_through_the_cli(tmp_path, capsys):
+    world = tmp_path / "world"
+    assert main(["synth", "--out", str(world), "--preset", "tiny", "--seed", "0", "--quiet"]) == 0
+    capsys.readouterr()
+    base = ["preprocess", "mead", str(world), "--stage", "reconstruct", "--reconstructor", "truth",
+            "--crop-size", "64", "--texture-size", "32", "--mouth-size", "32", "--views", "front", "--max-clips", "1",
+            "--max-frames", "2", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "bad"), "--texture-region-min-cos", "1.5"]) == 2
+    assert "texture_region_min_cos" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "cache"), "--texture-region-min-cos", "0.45",
+                 "--texture-region-margin", "1"]) == 0
+    reader = CacheReader.open(tmp_path / "cache" / "textures")
+    assert reader.attributes["texture"]["region_min_cos"] == 0.45 and reader.attributes["texture"]["region_margin"] == 1
+
+
 def test_preprocess_bad_input_is_a_clear_error(tmp_path, capsys):
     code = main(["preprocess", "mead", str(tmp_path / "missing"), "--out", str(tmp_path / "c"), "--no-progress"])
     assert code == 2

@@ -268,3 +268,14 @@ def test_summary_and_table() -> None:
     table = format_table({"edits": results, "summary": summary})
     assert "| happy | 1.00 | 25.00 / 30.00 |" in table and "mean, all edits" in table
     assert math.isfinite(summary["all"]["refit"]["output"]["vertex_mm"])
+
+
+def test_preprocess_stamp_keeps_its_keys_from_before_the_face_region(tmp_path: Path) -> None:
+    """Settings added to PreprocessConfig later are left out of the demo's preprocess stamp at their
+    defaults, so demo folders made before them are reused, not refused."""
+    from emoedit.demo.presets import DEMO
+    from emoedit.demo.run import _Demo
+
+    body = _Demo(DEMO, tmp_path, progress=False).preprocess_settings()
+    assert "texture_region_min_cos" not in body and "texture_region_margin" not in body
+    assert body["texture_size"] == DEMO.preprocess.texture_size and "inputs" not in body

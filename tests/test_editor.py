@@ -10,6 +10,7 @@ and not blurred by the codec.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -604,3 +605,48 @@ def test_teeth_gate_skips_frames_whose_lips_did_not_move(clip, tmp_path, capture
     capture.frames.clear()
     run(clip, tmp_path / "always.mp4", "happy 1.0", texture_mode="warp", edit_shape=False, crf=0)
     assert not np.array_equal(gated, np.concatenate(capture.frames)), "ungated completion does change the mouth"
+
+
+@pytest.mark.parametrize("mode", ["residual", "replace"])
+def test_face_region_edits_only_inside_and_feeds_the_networks_the_cache_view(clip, tmp_path, capture, mode):
+    from PIL import Image
+
+    from emoedit.texture.face_region import REGION_FILL_UINT8, face_region
+
+    parts = tiny_parts()
+    parts.settings = dataclasses.replace(parts.settings, texture_region_min_cos=0.45, texture_region_margin=1)
+    editor = VideoEditor(parts=parts, options=quiet(teeth=False, texture_mode=mode,
+                                                    save_intermediates=str(tmp_path / "d")),
+                         detector=clip.detector())
+    region = editor.analyzer.texture_region
+    assert region is not None and 0.3 < region.float().mean() < 0.95
+    assert torch.equal(region, face_region(parts.face_model, editor.analyzer.extractor.layout, 0.45, 1))
+    # the networks see the rim filled, as the textures cache holds it; the input is not modified
+    uv = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    view = editor.analyzer.cache_view(uv)
+    assert torch.equal(view[:, :, region], uv[:, :, region])
+    assert bool((view[:, :, ~region] == REGION_FILL_UINT8).all()) and not torch.equal(view, uv)
+    editor.edit(clip.path, EmotionSchedule.parse("happy 1"), tmp_path / "out.mp4")
+    inside_changed = False
+    for name in ("000002.png", "000007.png"):
+        rendered = np.asarray(Image.open(tmp_path / "d" / "textures" / name), dtype=np.int16)
+        extracted = np.asarray(Image.open(tmp_path / "d" / "extracted" / name), dtype=np.int16)
+        outside = ~region.numpy()
+        assert np.abs(rendered - extracted)[outside].max() <= 1  # the rim is the frame's own texture
+        inside_changed |= bool(np.abs(rendered - extracted)[region.numpy()].max() > 2)
+    assert inside_changed  # while the face region is edited
+
+
+def test_face_region_warp_mode_changes_nothing_on_the_rim(clip, tmp_path, capture):
+    from PIL import Image
+
+    parts = tiny_parts()
+    parts.settings = dataclasses.replace(parts.settings, texture_region_min_cos=0.45)
+    editor = VideoEditor(parts=parts, options=quiet(teeth=False, texture_mode="warp",
+                                                    save_intermediates=str(tmp_path / "d")),
+                         detector=clip.detector())
+    region = editor.analyzer.texture_region.numpy()
+    editor.edit(clip.path, EmotionSchedule.parse("happy 1"), tmp_path / "out.mp4")
+    change = np.asarray(Image.open(tmp_path / "d" / "textures" / "000004.png"), dtype=np.int16)  # 128 = no change
+    assert change.shape[:2] == region.shape
+    assert np.abs(change - 128)[~region].max() <= 1 and np.abs(change - 128)[region].max() > 2

@@ -254,6 +254,22 @@ def test_config_from_plain_values() -> None:
         PreprocessConfig.from_dict({"filter": {"yaw": 3}})
 
 
+def test_texture_region_setting_is_checked_and_recorded_only_when_set() -> None:
+    with pytest.raises(PreprocessError, match="texture_region_min_cos"):
+        PreprocessConfig.from_dict({"texture_region_min_cos": 1.5})
+    plain = PreprocessConfig.from_dict({"inputs": ["a"], "output_dir": "out"})
+    # caches written before the option still fit a run without it: the key is left out when unset
+    assert "texture_region_min_cos" not in plain.content_settings("textures")
+    region = PreprocessConfig.from_dict({"inputs": ["a"], "output_dir": "out", "texture_region_min_cos": 0.45})
+    assert region.content_settings("textures")["texture_region_min_cos"] == 0.45
+    assert "texture_region_min_cos" not in region.content_settings("frames")  # a reconstruction setting
+    assert "texture_region_margin" not in region.content_settings("textures")  # 0, the default
+    with_margin = PreprocessConfig.from_dict({"texture_region_min_cos": 0.45, "texture_region_margin": 2})
+    assert with_margin.content_settings("textures")["texture_region_margin"] == 2
+    with pytest.raises(PreprocessError, match="texture_region_margin"):
+        PreprocessConfig.from_dict({"texture_region_margin": -1})
+
+
 def test_reconstructor_choices_are_checked(world: Path, tmp_path: Path) -> None:
     with pytest.raises(PreprocessError, match="needs reconstructor_path"):
         _config(world, tmp_path, reconstructor="deep3d", stage="reconstruct")

@@ -148,3 +148,58 @@ def test_evaluate_gives_finite_figures_with_every_key(tiny):
     text = demo.markdown_tables({"metrics": metrics, "subject_temperature": calibration.as_dict()})
     assert "leave-one-subject-out" in text and demo.EQ4_TAU in text
     assert "eq. 4 (classifier)" in text and "floor G(E(truth))" in text and "(a) G(E(I))" in text
+    cells = metrics["edit_unseen"]["per_cell"]
+    unseen_sources = [r for r in world.eval_clips(view="front") if r.key.subject not in selection.train_subjects]
+    assert len(cells) == len(unseen_sources) * len(world.preset.emotions) > 0  # one cell per clip and emotion
+    assert all(demo.DIAGNOSTIC_PREFIX + demo.EQ4_TAU in row and "input (unedited)" in row for row in cells.values())
+    assert "Paired, per clip × emotion cell" in text and "ahead in" in text
+
+
+def test_face_region_cache_and_evaluation_agree(tiny, tmp_path):
+    """--texture-region-min-cos: the cache holds the rim filled, records the threshold, and the
+    evaluation's own extraction (filled the same way) still matches the cache; edits change only
+    the face region."""
+    import dataclasses
+
+    from emoedit.data.cache import CacheReader
+    from emoedit.texture.face_region import REGION_FILL_UINT8
+
+    world, selection = tiny["world"], tiny["selection"]
+    assert demo.cache_region(tiny["cache"], world, 32) is None  # a cache without a region
+    info = demo.preprocess(world.root, tmp_path, texture_size=32, frame_stride=2, threads=1, region_min_cos=0.45,
+                           region_margin=1)
+    reader = CacheReader.open(info["cache"], kind="textures")
+    assert reader.attributes["texture"]["region_min_cos"] == 0.45 and reader.attributes["texture"]["region_margin"] == 1
+    region = demo.cache_region(info["cache"], world, 32)
+    from emoedit.texture.face_region import face_region
+    from emoedit.texture.uv_layout import UVLayout
+
+    model = world.face_model()
+    assert torch.equal(region, face_region(model, UVLayout.from_model(model, 32), 0.45, 1))  # margin read back
+    assert 0.4 < float(region.float().mean()) < 0.9
+    uv = reader.load_clip(reader.clips[0], fields=("uv_texture",))["uv_texture"]
+    assert bool((uv[:, :, ~region] == REGION_FILL_UINT8).all())
+    assert float((uv[:, :, region] == REGION_FILL_UINT8).float().mean()) < 0.1  # the face itself is kept
+    # the edit pipeline reads the same threshold from the cache it bundles (PipelineSettings)
+    from emoedit.pipeline.bundle import settings_from_cache
+
+    settings = settings_from_cache(Path(info["cache"]).parent)[0]
+    assert settings.texture_region_min_cos == 0.45 and settings.texture_region_margin == 1
+    assert settings_from_cache(Path(tiny["cache"]).parent)[0].texture_region_min_cos is None
+    networks = dataclasses.replace(_untrained_networks(world, selection), region=region)
+    metrics = demo.evaluate(world, networks, selection, cache=info["cache"], texture_size=32, eval_frame_stride=4,
+                            emotions=world.preset.emotions[:1], log=lambda _: None)
+    assert metrics["extraction_check"]["psnr"] > 30.0  # would be far lower if the rim were compared unfilled
+    change = networks.region_change(torch.ones(1, 3, 32, 32))
+    assert bool((change[:, :, ~region] == 0).all()) and bool((change[:, :, region] == 1).all())
+
+
+def test_paired_difference_known_answer():
+    cells = {"a|happy": {"x": 30.0, "y": 29.0}, "b|happy": {"x": 31.0, "y": 29.0}, "c|sad": {"x": 28.0, "y": 29.0},
+             "d|sad": {"x": 30.0}}  # d lacks y: not a pair
+    out = demo.paired_difference(cells, "x", "y", resamples=500)
+    assert out["cells"] == 3 and out["ahead"] == 2 and out["mean"] == pytest.approx(2.0 / 3.0)
+    assert -1.0 <= out["low"] <= out["mean"] <= out["high"] <= 2.0
+    same = demo.paired_difference({k: {"x": 1.0, "y": 1.0} for k in "abc"}, "x", "y")
+    assert same["mean"] == same["low"] == same["high"] == 0.0 and same["ahead"] == 0
+    assert demo.paired_difference(cells, "x", "z") is None

@@ -155,9 +155,15 @@ RUN_ONLY_SETTINGS: tuple[str, ...] = (
 # PreprocessConfig fields that only shape the reconstruction caches (coeffs, textures, mouths).
 RECONSTRUCTION_SETTINGS: tuple[str, ...] = (
     "reconstructor", "reconstructor_path", "fitter", "refine", "fitter_chunk_frames", "texture_size",
-    "texture_crop_size", "texture_sampling", "mouth_crop_size", "mouth_width", "teeth_dilate_px", "teeth_fill",
-    "quality_filter", "filter",
+    "texture_crop_size", "texture_sampling", "texture_region_min_cos", "texture_region_margin", "mouth_crop_size",
+    "mouth_width",
+    "teeth_dilate_px", "teeth_fill", "quality_filter", "filter",
 )
+
+
+# Settings added after caches were first written: left out of ``content_settings`` at these
+# defaults, so that an older cache still fits a run that does not use them.
+OPTIONAL_SETTINGS: dict[str, Any] = {"texture_region_min_cos": None, "texture_region_margin": 0}
 
 
 class PreprocessError(ValueError):
@@ -208,6 +214,10 @@ class PreprocessConfig:
     texture_size: int = 256  # UV texture side T, texels
     texture_crop_size: int | None = None  # side of the crop textures are sampled from; None: 2·texture_size
     texture_sampling: str = "image_coords"  # "image_coords" (project choice) or "vertex_colors"
+    # Face region of the textures (emoedit.texture.face_region): texels whose mean-shape normal faces the
+    # camera by a cosine below this hold mid-grey in the cache (the rim: background, silhouette); None: all texels.
+    texture_region_min_cos: float | None = None
+    texture_region_margin: int = 0  # texels the rim is moved inward (the face outline's spill); with a region only
     mouth_crop_size: int = DEFAULT_MOUTH_CROP_SIZE  # mouth crop side, pixels
     mouth_width: float = DEFAULT_MOUTH_WIDTH  # mouth-corner distance as a fraction of the mouth crop
     teeth_dilate_px: float = DEFAULT_DILATE_PX  # growth of the teeth region beyond the inner lips, mouth-crop pixels
@@ -252,6 +262,14 @@ class PreprocessConfig:
             problems.append(f"max_gap must be >= 0, got {self.max_gap}")
         if self.texture_sampling not in ("image_coords", "vertex_colors"):
             problems.append(f"texture_sampling must be 'image_coords' or 'vertex_colors', got {self.texture_sampling!r}")
+        from emoedit.texture.face_region import check_region_margin, check_region_min_cos
+
+        for check, value in ((check_region_min_cos, self.texture_region_min_cos),
+                             (check_region_margin, self.texture_region_margin)):
+            try:
+                check(value)
+            except ValueError as error:
+                problems.append(str(error))
         if not 0.0 <= self.teeth_fill <= 1.0:
             problems.append(f"teeth_fill must lie in [0, 1], got {self.teeth_fill}")
         if not isinstance(self.filter, FaceFilterConfig):
@@ -312,6 +330,9 @@ class PreprocessConfig:
         with other such settings still fits the cache.
         """
         data = self.to_json()
+        for name, default in OPTIONAL_SETTINGS.items():  # caches written before these options fit runs without them
+            if data.get(name) == default:
+                data.pop(name, None)
         for name in RUN_ONLY_SETTINGS + (RECONSTRUCTION_SETTINGS if kind == FRAMES_KIND else ()):
             data.pop(name, None)
         return data
@@ -758,6 +779,9 @@ def _attributes(
         attributes["reconstructor"] = reconstructor_identity(config)
         attributes["texture"] = {"texture_size": config.texture_size, "texture_crop_size": config.resolved_texture_crop_size,
                                  "sampling": config.texture_sampling}
+        if config.texture_region_min_cos is not None:  # absent in caches written before the option
+            attributes["texture"]["region_min_cos"] = config.texture_region_min_cos
+            attributes["texture"]["region_margin"] = config.texture_region_margin
         attributes["mouth"] = {"crop_size": config.mouth_crop_size, "mouth_width": config.mouth_width,
                                "template": "default", "teeth_dilate_px": config.teeth_dilate_px,
                                "teeth_fill": config.teeth_fill, "inner_lip_ids": list(range(60, 68))}
@@ -902,6 +926,7 @@ class ClipProcessor:
     # ---------------------------------------------------------------- setup
     def _build_reconstruction(self) -> None:
         from emoedit.texture.extraction import TextureExtractor
+        from emoedit.texture.face_region import face_region
         from emoedit.texture.uv_layout import UVLayout
 
         config = self.config
@@ -909,6 +934,9 @@ class ClipProcessor:
             self.reconstructor = build_reconstructor(config, self.model)
         self.layout = UVLayout.from_model(self.model, config.texture_size).to(self.device)
         self.extractor = TextureExtractor(layout=self.layout, sampling=config.texture_sampling)
+        self.texture_region = (None if config.texture_region_min_cos is None else
+                               face_region(self.model, self.layout, config.texture_region_min_cos,
+                                           config.texture_region_margin))
         self.mouth_template = MouthTemplate.default()
         self.texture_camera = PerspectiveCamera().scaled(config.resolved_texture_crop_size)
         self.skin_uv = None
@@ -1139,7 +1167,12 @@ class ClipProcessor:
             with torch.no_grad():
                 screen = self.model(coeffs[rows], self.texture_camera).vertices_screen
                 extraction = self.extractor(tex_crop, screen)
-            uv_list.append(extraction.uv_texture.mul(255.0).round_().to(torch.uint8).cpu())
+            uv_u8 = extraction.uv_texture.mul(255.0).round_().to(torch.uint8)
+            if self.texture_region is not None:
+                from emoedit.texture.face_region import fill_outside_region
+
+                uv_u8 = fill_outside_region(uv_u8, self.texture_region)
+            uv_list.append(uv_u8.cpu())
             vis_list.append((extraction.visibility > 0.5).cpu())
             if self.plan.filter_on:
                 colors = face.vertex_colors[rows]

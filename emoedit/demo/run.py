@@ -184,10 +184,14 @@ class _Demo:
         )
 
     def preprocess_settings(self) -> dict[str, Any]:
+        from emoedit.data.preprocess import OPTIONAL_SETTINGS
         from emoedit.demo.presets import json_ready
 
         body = json_ready(dataclasses.asdict(self.preprocess_config()))
         body.pop("inputs"), body.pop("output_dir"), body.pop("progress")
+        for name, default in OPTIONAL_SETTINGS.items():  # demo folders made before these options still fit
+            if body.get(name) == default:
+                body.pop(name, None)
         return body
 
     def preprocess(self) -> StageResult:

@@ -12,7 +12,8 @@ The video is decoded in chunks, never held whole. Two decodes:
    crop-camera coefficients, UV texture extraction from a second, larger crop of the same
    alignment (``settings.texture_crop_size``, the crop camera scaled to it;
    ``settings.texture_size`` and ``settings.texture_sampling``; textures rounded to uint8
-   like the textures cache), the texture encoder's W+ and the subject classifier's softmax.
+   like the textures cache, and the rim outside ``settings.texture_region_min_cos``'s face
+   region filled as there), the texture encoder's W+ and the subject classifier's softmax.
 
 What is kept for every frame is small (:class:`VideoAnalysis`: landmarks, coefficients,
 W+, subject weights, crop transforms). Textures are not kept: pass 2 decodes the frames
@@ -43,6 +44,7 @@ from emoedit.pipeline.stage_timer import StageTimer
 from emoedit.reconstruction.reconstructor import RegressorReconstructor
 from emoedit.shape_checks import assert_shape
 from emoedit.texture.extraction import TextureExtractor
+from emoedit.texture.face_region import face_region, fill_outside_region
 from emoedit.texture.uv_layout import UVLayout
 from emoedit.video import VideoReader
 
@@ -236,6 +238,10 @@ class FaceAnalyzer:
         layout = UVLayout.from_model(parts.face_model, self.settings.texture_size).to(self.device)
         sampling = self.settings.texture_sampling
         self.extractor = TextureExtractor(layout=layout, sampling=sampling)  # type: ignore[arg-type]
+        # The face region the texture networks were trained on (the cache's rim fill); None: every texel.
+        min_cos = self.settings.texture_region_min_cos
+        self.texture_region = (None if min_cos is None else
+                               face_region(parts.face_model, layout, min_cos, self.settings.texture_region_margin))
 
     # ---------------------------------------------------------------- per batch
     def transforms(self, landmarks: Tensor, frame_size: tuple[int, int]) -> tuple[CropTransform, CropTransform]:
@@ -268,6 +274,11 @@ class FaceAnalyzer:
             screen = self.face_model.geometry(coeffs, self.texture_camera).vertices_screen
             extraction = self.extractor(texture_crop, screen)
         return to_uint8(extraction.uv_texture), extraction.visibility > 0.5
+
+    def cache_view(self, uv_texture: Tensor) -> Tensor:
+        """``(B, 3, T, T)`` uint8 textures as the textures cache holds them (the rim outside the face
+        region filled, :func:`~emoedit.texture.face_region.fill_outside_region`): the networks' input."""
+        return uv_texture if self.texture_region is None else fill_outside_region(uv_texture, self.texture_region)
 
     def _pure_regression(self) -> bool:
         """Whether the reconstructor is a network alone (no fitting, so autocast may run it)."""
@@ -322,7 +333,7 @@ class FaceAnalyzer:
                 kept.put("coeffs", rows, chunk_coeffs)
                 kept.put("visible", rows, visibility.float().mean(dim=(1, 2, 3)))
                 if need_wplus or need_subject_weights:
-                    network_input = texture_to_network(uv_texture)
+                    network_input = texture_to_network(self.cache_view(uv_texture))
                 if need_wplus:
                     with timer("encoder"), torch.no_grad(), network_autocast(self.device, autocast_dtype):
                         kept.put("wplus", rows, parts.encoder(network_input).wplus)

@@ -204,6 +204,8 @@ def settings_from_cache(
         texture_size=int(config.texture_size),
         texture_crop_size=int(config.resolved_texture_crop_size),
         texture_sampling=str(config.texture_sampling),
+        texture_region_min_cos=config.texture_region_min_cos,
+        texture_region_margin=int(config.texture_region_margin),
         mouth_crop_size=int(mouth.get("crop_size", config.mouth_crop_size)),
         mouth_width=float(mouth.get("mouth_width", config.mouth_width)),
         teeth_dilate_px=float(mouth.get("teeth_dilate_px", config.teeth_dilate_px)),

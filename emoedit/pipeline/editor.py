@@ -99,6 +99,7 @@ from emoedit.pipeline.intermediates import IntermediatesWriter
 from emoedit.pipeline.parts import EditParts
 from emoedit.pipeline.stage_timer import EDIT_STAGES, StageTimer
 from emoedit.shape_checks import assert_shape
+from emoedit.texture.face_region import mask_outside_region
 from emoedit.video import VideoReader, VideoWriter
 
 TEXTURE_MODES: tuple[str, ...] = ("replace", "residual", "warp")
@@ -298,6 +299,14 @@ class _EncodeBehind:
                 except queue.Empty:
                     pass
             self._thread.join(timeout=0.05)
+
+
+def _resize_texture(texture: Tensor, size: int) -> Tensor:
+    """``(B, C, S, S)`` → ``(B, C, size, size)`` (bilinear, antialiased when shrinking; unchanged at S = size)."""
+    if texture.shape[-1] == size:
+        return texture
+    return F.interpolate(texture, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=texture.shape[-1] > size)
 
 
 def _few(names: tuple[str, ...] | list[str], count: int = 8) -> str:
@@ -531,15 +540,19 @@ class VideoEditor:
         None)``.
         """
         options = self.options
+        # The face region the texture networks model (None: every texel): outside it an edit
+        # changes nothing and "replace" keeps the frame's own texture.
+        region = self.analyzer.texture_region
         if options.texture_mode == "warp":
             if not options.edit_texture:
                 return None, None
             assert plan.wplus is not None and plan.wplus_source is not None
             with timer("generator"), torch.no_grad():
                 both = self._decode_textures(torch.cat([plan.wplus[rows], plan.wplus_source[rows]]))
-                return both[: rows.shape[0]] - both[rows.shape[0] :], None
+                change = both[: rows.shape[0]] - both[rows.shape[0] :]
+                return (change if region is None else mask_outside_region(change, region)), None
         extracted = None
-        if not options.edit_texture or options.texture_mode == "residual":
+        if not options.edit_texture or options.texture_mode == "residual" or region is not None:
             with timer("uv"):
                 uv_u8, _ = self.analyzer.extract_textures(frames, analysis.coeffs[rows], transform)
                 extracted = uv_u8.float().div_(255.0)
@@ -549,14 +562,17 @@ class VideoEditor:
         assert plan.wplus is not None
         with timer("generator"), torch.no_grad():
             if options.texture_mode == "replace":
-                return self._decode_textures(plan.wplus[rows]), None
+                decoded = self._decode_textures(plan.wplus[rows])
+                if region is None:
+                    return decoded, None
+                assert extracted is not None
+                decoded = _resize_texture(decoded, extracted.shape[-1])
+                return torch.where(region.to(decoded.device), decoded, extracted), extracted
             assert plan.wplus_source is not None and extracted is not None
             both = self._decode_textures(torch.cat([plan.wplus[rows], plan.wplus_source[rows]]))
-            change = both[: rows.shape[0]] - both[rows.shape[0] :]
-            size = extracted.shape[-1]
-            if change.shape[-1] != size:
-                change = F.interpolate(change, size=(size, size), mode="bilinear", align_corners=False,
-                                       antialias=change.shape[-1] > size)
+            change = _resize_texture(both[: rows.shape[0]] - both[rows.shape[0] :], extracted.shape[-1])
+            if region is not None:
+                change = mask_outside_region(change, region)
             return (extracted + change).clamp(0.0, 1.0), extracted
 
     def _synthesise(

@@ -34,6 +34,8 @@ class PipelineSettings:
     texture_size: int  # UV texture side T the encoder / classifier were trained on, texels
     texture_crop_size: int  # side of the crop textures are sampled from, pixels (resolved_texture_crop_size)
     texture_sampling: str = "image_coords"  # PreprocessConfig.texture_sampling
+    texture_region_min_cos: float | None = None  # PreprocessConfig.texture_region_min_cos (None: every texel)
+    texture_region_margin: int = 0  # PreprocessConfig.texture_region_margin, texels
     mouth_crop_size: int = 128  # mouth crop side M, pixels (the mouths cache's; DEFAULT_MOUTH_CROP_SIZE)
     mouth_width: float = 0.5  # mouth-corner distance / M (the mouths cache's)
     teeth_dilate_px: float = 1.0  # growth of the teeth region beyond the inner lips, mouth-crop pixels
