@@ -6,7 +6,7 @@ surface meets the camera at a grazing angle, so a texel's sample lands on the si
 where the frame's background, the neighbouring hair or neck and the video codec's chroma
 bleed in. Those colours change with every recording (background, framing, head pose) and
 not with the emotion, yet they reach the t-GAN, the texture encoder and the subject
-classifier unchanged. In W+ they dominate: on the synthetic families world, the rim (29 % of
+classifier unchanged. In W+ they dominate: on the synthetic families world, the rim (28 % of
 the texels at the threshold 0.45) makes 78 % of the W+ distance between two neutral clips of
 one subject, a distance larger than an emotion's direction, so eq. 5's per-subject
 directions mostly measured which backgrounds their clips had (docs/RESULTS.md, session 6;
