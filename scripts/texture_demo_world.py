@@ -364,7 +364,9 @@ class Networks:
     def in_region(self, decoded: Tensor, texture: Tensor) -> Tensor:
         """What the pipeline shows for a decoded texture: ``decoded`` inside the face region,
         ``texture`` (the frame's own) outside it; ``decoded`` itself without a region."""
-        return decoded if self.region is None else torch.where(self.region, decoded, texture)
+        from emoedit.texture.face_region import compose_in_region
+
+        return decoded if self.region is None else compose_in_region(decoded, texture, self.region)
 
     def region_change(self, change: Tensor) -> Tensor:
         """A texture change with the texels outside the face region set to 0 (what an edit changes)."""
@@ -497,7 +499,8 @@ def evaluate(
                     sanity.add("direct extraction vs cache", *masked_errors(
                         networks.cache_view(x), cached["uv_texture"][rows].float().div(255.0), both))
             x0 = torch.cat([networks.encode(x[r]) for r in _batches(len(frames), batch_size)])
-            recon_x = torch.cat([networks.decode(x0[r], texture_size) for r in _batches(len(frames), batch_size)])
+            recon_x = networks.in_region(  # as shown: the frame's own texture outside a face region
+                torch.cat([networks.decode(x0[r], texture_size) for r in _batches(len(frames), batch_size)]), x)
             weights = torch.cat([networks.subject_weights(x[r]) for r in _batches(len(frames), batch_size)])
             own = source.key.subject in editor.subjects
             for emotion in targets:
@@ -538,7 +541,7 @@ def evaluate(
                         # Diagnostics that separate the edit from the reconstruction error: the
                         # method's texture change Δ = G(x) − G(x0) against the true change y − I
                         # (cosine over the visible texels), and Δ added to the input itself.
-                        change = networks.region_change(pred - networks.in_region(recon_x, x))
+                        change = networks.region_change(pred - recon_x)
                         cos = torch.nn.functional.cosine_similarity((change * mask).flatten(1),
                                                                     ((y - x) * mask).flatten(1), dim=1)
                         cosines.setdefault(row, []).extend(cos.tolist())
@@ -647,8 +650,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
         paired = [(a, b, paired_difference(block.get("per_cell", {}), a, b)) for a, b in PAIRED]
         if any(p is not None for _, _, p in paired):
             lines += ["", "Paired, per clip × emotion cell (residual rows: I + Δ; mean PSNR of the cell's frames; "
-                      "95 % bootstrap interval of the mean over cells):", "", "| comparison | mean difference (dB) | 95 % interval | ahead in |",
-                      "|---|---|---|---|"]
+                      "95 % bootstrap interval of the mean over cells):", "",
+                      "| comparison | mean difference (dB) | 95 % interval | ahead in |", "|---|---|---|---|"]
             for a, b, p in paired:
                 if p is not None:
                     lines.append(f"| {a.removeprefix(DIAGNOSTIC_PREFIX)} − {b.removeprefix(DIAGNOSTIC_PREFIX)} "

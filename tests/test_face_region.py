@@ -110,3 +110,15 @@ def test_bad_thresholds_are_refused(bad):
 def test_good_thresholds_pass():
     assert check_region_min_cos(None) is None
     assert check_region_min_cos(0) == 0.0 and check_region_min_cos(-1.0) == -1.0 and check_region_min_cos(0.45) == 0.45
+
+
+def test_compose_in_region_takes_each_side_from_its_texture():
+    from emoedit.texture.face_region import compose_in_region
+
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[1:3] = True
+    inside, outside = torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    out = compose_in_region(inside, outside, region)
+    assert bool((out[:, :, region] == 1).all()) and bool((out[:, :, ~region] == 0).all())
+    with pytest.raises(ValueError):
+        compose_in_region(inside, outside[..., :3], region)

@@ -156,8 +156,7 @@ RUN_ONLY_SETTINGS: tuple[str, ...] = (
 RECONSTRUCTION_SETTINGS: tuple[str, ...] = (
     "reconstructor", "reconstructor_path", "fitter", "refine", "fitter_chunk_frames", "texture_size",
     "texture_crop_size", "texture_sampling", "texture_region_min_cos", "texture_region_margin", "mouth_crop_size",
-    "mouth_width",
-    "teeth_dilate_px", "teeth_fill", "quality_filter", "filter",
+    "mouth_width", "teeth_dilate_px", "teeth_fill", "quality_filter", "filter",
 )
 
 
@@ -1150,6 +1149,8 @@ class ClipProcessor:
         projected_frame = transform_dev.crop_to_frame(projected)
         tex_transform = face_crop_transform(aligned.landmarks_frame.to(self.device), self.template,
                                             frame_size=clip_frames.frame_size, crop_size=config.resolved_texture_crop_size)
+        from emoedit.texture.face_region import fill_outside_region
+
         uv_list, vis_list, occl_list = [], [], []
         mouth_parts: dict[str, list[Tensor]] = defaultdict(list)
         wanted = set(aligned.positions)
@@ -1169,8 +1170,6 @@ class ClipProcessor:
                 extraction = self.extractor(tex_crop, screen)
             uv_u8 = extraction.uv_texture.mul(255.0).round_().to(torch.uint8)
             if self.texture_region is not None:
-                from emoedit.texture.face_region import fill_outside_region
-
                 uv_u8 = fill_outside_region(uv_u8, self.texture_region)
             uv_list.append(uv_u8.cpu())
             vis_list.append((extraction.visibility > 0.5).cpu())

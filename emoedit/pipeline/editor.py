@@ -99,7 +99,7 @@ from emoedit.pipeline.intermediates import IntermediatesWriter
 from emoedit.pipeline.parts import EditParts
 from emoedit.pipeline.stage_timer import EDIT_STAGES, StageTimer
 from emoedit.shape_checks import assert_shape
-from emoedit.texture.face_region import mask_outside_region
+from emoedit.texture.face_region import compose_in_region, mask_outside_region
 from emoedit.video import VideoReader, VideoWriter
 
 TEXTURE_MODES: tuple[str, ...] = ("replace", "residual", "warp")
@@ -566,8 +566,7 @@ class VideoEditor:
                 if region is None:
                     return decoded, None
                 assert extracted is not None
-                decoded = _resize_texture(decoded, extracted.shape[-1])
-                return torch.where(region.to(decoded.device), decoded, extracted), extracted
+                return compose_in_region(_resize_texture(decoded, extracted.shape[-1]), extracted, region), extracted
             assert plan.wplus_source is not None and extracted is not None
             both = self._decode_textures(torch.cat([plan.wplus[rows], plan.wplus_source[rows]]))
             change = _resize_texture(both[: rows.shape[0]] - both[rows.shape[0] :], extracted.shape[-1])

@@ -20,14 +20,16 @@ texels: low-cosine texels enclosed by the face (the sides of the nostrils) are s
 frontal video and stay in the region. ``margin`` then moves the rim inward by that many texels
 (the face's own outline, e.g. the jaw line over the neck and the mesh's last texels beside
 the background, spills into the neighbouring texels of the frame). A fixed region keeps the
-networks' input layout identical for every frame and recording. Texels outside hold one constant colour in what the networks
-see (:func:`fill_outside_region`; mid-grey, the networks' zero), so the rim carries nothing
-to learn, and texture edits leave those texels as the frame shows them
-(:func:`mask_outside_region` on the change).
+networks' input layout identical for every frame and recording. Texels outside hold one
+constant colour in what the networks see (:func:`fill_outside_region`; mid-grey, the
+networks' zero), so the rim carries nothing to learn, and texture edits leave those texels
+as the frame shows them (:func:`mask_outside_region` on a change, :func:`compose_in_region`
+for a decoded texture).
 
 - :func:`frontal_cosine` — ``(T, T)`` cosine of every texel's mean-shape normal to +z;
 - :func:`face_region` — the boolean region for a threshold and a margin;
 - :func:`fill_outside_region` — a texture with the rim set to the fill (uint8 or float);
+- :func:`compose_in_region` — one texture inside the region, another outside it;
 - :func:`mask_outside_region` — a texture change with the rim set to 0.
 """
 
@@ -134,6 +136,16 @@ def fill_outside_region(
     return torch.where(inside, texture, torch.full((), fill, dtype=texture.dtype, device=texture.device))
 
 
+def compose_in_region(
+    inside: Tensor,  # (B, C, T, T) float: what is shown inside the region (e.g. a decoded texture)
+    outside: Tensor,  # (B, C, T, T) float, same shape: what is shown outside it (the frame's own texture)
+    region: Tensor,  # (T, T) bool from face_region
+) -> Tensor:
+    """``inside`` on the region's texels, ``outside`` elsewhere (a new tensor)."""
+    assert_shape(outside, tuple(inside.shape), "outside")
+    return torch.where(_region_for(inside, region), inside, outside)
+
+
 def mask_outside_region(
     change: Tensor,  # (B, C, S, S) float texture change; S may differ from the region's T
     region: Tensor,  # (T, T) bool from face_region
@@ -152,6 +164,7 @@ __all__ = [
     "REGION_FILL_UINT8",
     "check_region_margin",
     "check_region_min_cos",
+    "compose_in_region",
     "face_region",
     "fill_outside_region",
     "frontal_cosine",
