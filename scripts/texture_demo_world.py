@@ -46,6 +46,12 @@ is scored inside the region, and in (c) every decoded row is shown as the edit p
 it: the decoded texture inside the region, the frame's own outside (the ``residual`` rows'
 change is zero there).
 
+Training elsewhere (``--accelerator gpu --train-only``): a run with ``--stop-after preprocess``
+leaves the split in ``<work>/selection.json``; that file and ``<work>/preprocess/textures`` are all
+``--train-only`` reads (no world, no video stack), so they can travel to a GPU machine alone. Copy
+its ``runs/<part>`` folders back into a ``--work`` holding the world's cache, and a normal run
+reuses them (a reused run's checkpoint is looked up in its new folder).
+
 The core (:func:`evaluate`) works on in-memory networks, so the tests run it on the tiny
 world with untrained networks.
 """
@@ -104,6 +110,24 @@ class TrainingSelection:
     def data_exclude(self) -> dict[str, Any]:
         """``data.exclude`` of every part: every evaluation clip."""
         return {"clip": list(self.eval_clip_ids)}
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """Plain JSON (``<work>/selection.json``: what ``--train-only`` trains from)."""
+        return {name: list(getattr(self, name)) for name in SELECTION_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "selection") -> TrainingSelection:
+        """The inverse of :meth:`as_dict`; a missing or extra key is an error naming ``source``."""
+        if not isinstance(data, dict) or set(data) != set(SELECTION_FIELDS):
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{source}: expected the keys {list(SELECTION_FIELDS)}, found {found}")
+        for name in SELECTION_FIELDS:
+            if not isinstance(data[name], list) or not all(isinstance(v, str) for v in data[name]):
+                raise ValueError(f"{source}: {name} must be a list of strings")
+        return cls(**{name: tuple(data[name]) for name in SELECTION_FIELDS})
+
+
+SELECTION_FIELDS = ("train_subjects", "unseen_subjects", "eval_clip_ids", "held_out_clip_ids", "unseen_clip_ids")
 
 
 def training_selection(world: Any) -> TrainingSelection:
@@ -196,6 +220,7 @@ def train_part(
     if done_file.is_file() and final.is_file():
         info = json.loads(done_file.read_text())
         info["reused"] = True
+        info["checkpoint"] = str(final)  # here, also when the run was made in another folder or machine
         return info
     args = [f"output_dir={run_dir}", *overrides]
     if experiment:
@@ -481,7 +506,7 @@ def evaluate(
     for group, sources in groups.items():
         acc = Accumulator()
         per_emotion: dict[str, Accumulator] = {e: Accumulator() for e in targets}
-        per_cell: dict[str, Accumulator] = {}  # "<clip id>|<emotion>": the input and the residual rows
+        per_cell: dict[str, Accumulator] = {}  # "<clip id>|<emotion>": every row, decoded and residual
         cosines: dict[str, list[float]] = {}
         for source in sources:
             truth = world.load_truth(source)
@@ -535,8 +560,7 @@ def evaluate(
                     errors = masked_errors(pred, y, mask)
                     acc.add(row, *errors)
                     per_emotion[emotion].add(row, *errors)
-                    if row == "input (unedited)":
-                        cell.add(row, *errors)
+                    cell.add(row, *errors)
                     if row in EDIT_ROWS:
                         # Diagnostics that separate the edit from the reconstruction error: the
                         # method's texture change Δ = G(x) − G(x0) against the true change y − I
@@ -589,9 +613,16 @@ def paired_difference(
 
 
 #: Paired comparisons printed under each group's table: (better, than).
+#: Residual rows (I + Δ, what the pipeline's residual and warp modes show) first, then the decoded
+#: rows (G(x′) inside the face region, the ``replace`` mode, the paper's); eq. 4 at the calibrated τ
+#: and at the paper's τ = 1.
 PAIRED = ((DIAGNOSTIC_PREFIX + EQ4_TAU, "input (unedited)"),
           (DIAGNOSTIC_PREFIX + EQ4_TAU, DIAGNOSTIC_PREFIX + "mean direction (w/o classifier)"),
-          (DIAGNOSTIC_PREFIX + "eq. 3 (own directions)", DIAGNOSTIC_PREFIX + "mean direction (w/o classifier)"))
+          (DIAGNOSTIC_PREFIX + "eq. 4 (classifier)", DIAGNOSTIC_PREFIX + "mean direction (w/o classifier)"),
+          (DIAGNOSTIC_PREFIX + "eq. 3 (own directions)", DIAGNOSTIC_PREFIX + "mean direction (w/o classifier)"),
+          (EQ4_TAU, "mean direction (w/o classifier)"),
+          ("eq. 4 (classifier)", "mean direction (w/o classifier)"),
+          ("eq. 3 (own directions)", "mean direction (w/o classifier)"))
 
 
 # --------------------------------------------------------------------------- tables
@@ -649,12 +680,14 @@ def markdown_tables(results: dict[str, Any]) -> str:
                 lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
         paired = [(a, b, paired_difference(block.get("per_cell", {}), a, b)) for a, b in PAIRED]
         if any(p is not None for _, _, p in paired):
-            lines += ["", "Paired, per clip × emotion cell (residual rows: I + Δ; mean PSNR of the cell's frames; "
-                      "95 % bootstrap interval of the mean over cells):", "",
-                      "| comparison | mean difference (dB) | 95 % interval | ahead in |", "|---|---|---|---|"]
+            lines += ["", "Paired, per clip × emotion cell (mean PSNR of the cell's frames; 95 % bootstrap interval "
+                      "of the mean over cells). Residual: I + Δ (the residual and warp modes); decoded: G(x′) inside "
+                      "the face region (the replace mode, the paper's):", "",
+                      "| rows | comparison | mean difference (dB) | 95 % interval | ahead in |", "|---|---|---|---|---|"]
             for a, b, p in paired:
                 if p is not None:
-                    lines.append(f"| {a.removeprefix(DIAGNOSTIC_PREFIX)} − {b.removeprefix(DIAGNOSTIC_PREFIX)} "
+                    kind = "residual" if a.startswith(DIAGNOSTIC_PREFIX) else "decoded"
+                    lines.append(f"| {kind} | {a.removeprefix(DIAGNOSTIC_PREFIX)} − {b.removeprefix(DIAGNOSTIC_PREFIX)} "
                                  f"| {p['mean']:+.3f} | [{p['low']:+.3f}, {p['high']:+.3f}] | "
                                  f"{p['ahead']} / {p['cells']} cells |")
     return "\n".join(lines)
@@ -693,6 +726,37 @@ def load_networks(tgan_ckpt: str, encoder_ckpt: str, classifier_ckpt: str, direc
                     region=region)
 
 
+def train_parts(work: Path, cache: str, selection: TrainingSelection, args: argparse.Namespace) -> dict[str, Any]:
+    """Step 3: the t-GAN, the texture encoder, the classifier (each reused when ``<work>/runs/<part>``
+    holds its final checkpoint), on ``--accelerator``."""
+    data = data_overrides(selection, cache)
+    extra: dict[str, list[str]] = {p: [] for p in PARTS}
+    for item in args.extra:
+        part, _, kv = item.partition(":")
+        if part not in extra:
+            raise SystemExit(f"--extra {item!r}: the part must be one of {PARTS}")
+        extra[part].append(kv)
+    common = [f"seed={args.seed}", "logger.kind=csv", f"trainer.accelerator={args.accelerator}"]
+    training: dict[str, Any] = {}
+    tgan_dir = work / "runs" / "tgan"
+    training["tgan"] = train_part("tgan", tgan_dir, [
+        *common, *data, f"model.resolution={args.texture_size}", *_limits(args.tgan_steps, args.tgan_minutes),
+        *extra["tgan"]])
+    print(f"tgan: {training['tgan']['steps']} steps, {training['tgan']['seconds']:.0f} s", flush=True)
+    lpips = ([f"model.lpips_backbone={args.lpips_backbone}"] if args.lpips_backbone else ["model.loss.lpips=0"])
+    training["texture_encoder"] = train_part("texture_encoder", work / "runs" / "texture_encoder", [
+        *common, *data, f"model.tgan_checkpoint={training['tgan']['checkpoint']}",
+        f"data.resolution={args.texture_size}", f"model.input_size={args.texture_size}", *lpips,
+        *_limits(args.encoder_steps, args.encoder_minutes), *extra["texture_encoder"]])
+    print(f"texture_encoder: {training['texture_encoder']['steps']} steps", flush=True)
+    training["classifier"] = train_part("classifier", work / "runs" / "classifier", [
+        *common, *data, f"model.subjects={_json_value(list(selection.train_subjects))}",
+        f"model.input_size={args.texture_size}", *_limits(args.classifier_steps, args.classifier_minutes),
+        *extra["classifier"]])
+    print(f"classifier: {training['classifier']['steps']} steps", flush=True)
+    return training
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="outputs/results/texture", help="output folder (runs, caches, results.json)")
@@ -715,6 +779,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lpips-backbone", default=None, help="torchvision alexnet state dict (LPIPS on; default off)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--stop-after", choices=("preprocess", "train", "directions"), default=None)
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator of the three trainings (cpu, gpu)")
+    p.add_argument("--train-only", action="store_true",
+                   help="train from <work>/selection.json and <work>/preprocess/textures alone (no world, no"
+                        " preprocessing, no evaluation; for another machine), writing <work>/training.json")
     p.add_argument("--extra", nargs="*", default=[], help="PART:key=value overrides, e.g. tgan:model.g_lr=0.0025")
     return p.parse_args(argv)
 
@@ -728,9 +796,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    from emoedit.data.synthetic import SyntheticWorld
-
     out: dict[str, Any] = {"machine": machine_info(), "args": vars(args), "times": {}}
+    if args.train_only:  # another machine: the cache and the split travelled, the world did not
+        selection_file = work / "selection.json"
+        if not selection_file.is_file():
+            raise SystemExit(f"--train-only: {selection_file} is missing (a run with --stop-after preprocess writes it)")
+        selection = TrainingSelection.from_dict(json.loads(selection_file.read_text()), source=str(selection_file))
+        out["training"] = train_parts(work, str(work / "preprocess" / "textures"), selection, args)
+        atomic_write_text(work / "training.json", json.dumps(out, indent=2, default=str) + "\n")
+        return 0
+    from emoedit.data.synthetic import SyntheticWorld  # the video stack: not needed by --train-only
+
     t0 = time.perf_counter()
     world_dir = ensure_world(args.world, work, preset=args.preset, seed=args.seed)
     world = SyntheticWorld.open(world_dir)
@@ -746,35 +822,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    region_margin=args.texture_region_margin)
     out["times"]["preprocess_s"] = time.perf_counter() - t0
     print(f"preprocess: {out['preprocess']}", flush=True)
-    if args.stop_after == "preprocess":
-        return 0
     cache = out["preprocess"]["cache"]
     selection = training_selection(world)
+    atomic_write_text(work / "selection.json", json.dumps(selection.as_dict(), indent=1) + "\n")
+    if args.stop_after == "preprocess":
+        return 0
     out["selection"] = {"held_out_clips": list(selection.held_out_clip_ids),
                         "unseen_clips": list(selection.unseen_clip_ids), "excluded_clips": len(selection.eval_clip_ids)}
-    data = data_overrides(selection, cache)
-    extra: dict[str, list[str]] = {p: [] for p in PARTS}
-    for item in args.extra:
-        part, _, kv = item.partition(":")
-        extra[part].append(kv)
-    common = [f"seed={args.seed}", "logger.kind=csv"]
-    training: dict[str, Any] = {}
-    tgan_dir = work / "runs" / "tgan"
-    training["tgan"] = train_part("tgan", tgan_dir, [
-        *common, *data, f"model.resolution={args.texture_size}", *_limits(args.tgan_steps, args.tgan_minutes),
-        *extra["tgan"]])
-    print(f"tgan: {training['tgan']['steps']} steps, {training['tgan']['seconds']:.0f} s", flush=True)
-    lpips = ([f"model.lpips_backbone={args.lpips_backbone}"] if args.lpips_backbone else ["model.loss.lpips=0"])
-    training["texture_encoder"] = train_part("texture_encoder", work / "runs" / "texture_encoder", [
-        *common, *data, f"model.tgan_checkpoint={training['tgan']['checkpoint']}",
-        f"data.resolution={args.texture_size}", f"model.input_size={args.texture_size}", *lpips,
-        *_limits(args.encoder_steps, args.encoder_minutes), *extra["texture_encoder"]])
-    print(f"texture_encoder: {training['texture_encoder']['steps']} steps", flush=True)
-    training["classifier"] = train_part("classifier", work / "runs" / "classifier", [
-        *common, *data, f"model.subjects={_json_value(list(selection.train_subjects))}",
-        f"model.input_size={args.texture_size}", *_limits(args.classifier_steps, args.classifier_minutes),
-        *extra["classifier"]])
-    print(f"classifier: {training['classifier']['steps']} steps", flush=True)
+    training = train_parts(work, cache, selection, args)
     out["training"] = training
     if args.stop_after == "train":
         return 0

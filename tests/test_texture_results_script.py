@@ -152,7 +152,11 @@ def test_evaluate_gives_finite_figures_with_every_key(tiny):
     unseen_sources = [r for r in world.eval_clips(view="front") if r.key.subject not in selection.train_subjects]
     assert len(cells) == len(unseen_sources) * len(world.preset.emotions) > 0  # one cell per clip and emotion
     assert all(demo.DIAGNOSTIC_PREFIX + demo.EQ4_TAU in row and "input (unedited)" in row for row in cells.values())
+    assert all(demo.EQ4_TAU in row and "mean direction (w/o classifier)" in row for row in cells.values())  # decoded
     assert "Paired, per clip × emotion cell" in text and "ahead in" in text
+    assert f"| residual | {demo.EQ4_TAU} − mean direction" in text
+    assert f"| decoded | {demo.EQ4_TAU} − mean direction" in text
+    assert "| decoded | eq. 3 (own directions) − mean direction" in text  # seen subjects only
 
 
 def test_face_region_cache_and_evaluation_agree(tiny, tmp_path):
@@ -203,3 +207,93 @@ def test_paired_difference_known_answer():
     same = demo.paired_difference({k: {"x": 1.0, "y": 1.0} for k in "abc"}, "x", "y")
     assert same["mean"] == same["low"] == same["high"] == 0.0 and same["ahead"] == 0
     assert demo.paired_difference(cells, "x", "z") is None
+
+
+def test_selection_round_trips_and_names_its_file_when_wrong(tiny):
+    selection = tiny["selection"]
+    assert demo.TrainingSelection.from_dict(selection.as_dict()) == selection
+    broken = selection.as_dict()
+    del broken["eval_clip_ids"]
+    with pytest.raises(ValueError, match="sel.json: expected the keys"):
+        demo.TrainingSelection.from_dict(broken, source="sel.json")
+    with pytest.raises(ValueError, match="held_out_clip_ids must be a list of strings"):
+        demo.TrainingSelection.from_dict({**selection.as_dict(), "held_out_clip_ids": [1]}, source="sel.json")
+
+
+def test_train_only_trains_from_the_split_and_cache_alone_then_reuses_after_a_move(tiny, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    work = tmp_path / "work"
+    (work / "preprocess").mkdir(parents=True)
+    shutil.copytree(tiny["cache"], work / "preprocess" / "textures")
+    (work / "selection.json").write_text(json.dumps(tiny["selection"].as_dict()))
+    monkeypatch.setitem(sys.modules, "emoedit.data.synthetic", None)  # the world is not there: any use fails
+    budget = ["--texture-size", "32", "--tgan-steps", "2", "--tgan-minutes", "0", "--encoder-steps", "2",
+              "--encoder-minutes", "0", "--classifier-steps", "2", "--classifier-minutes", "0"]
+    assert demo.main(["--work", str(work), "--train-only", *budget]) == 0
+    training = json.loads((work / "training.json").read_text())["training"]
+    assert set(training) == set(demo.PARTS)
+    for part in demo.PARTS:
+        assert training[part]["steps"] == 2 and Path(training[part]["checkpoint"]).is_file()
+        assert "trainer.accelerator=cpu" in training[part]["overrides"]
+    cfg = (work / "runs" / "classifier" / "config.yaml").read_text()
+    assert str(work / "preprocess" / "textures") in cfg  # trained on the travelled cache
+
+    moved = tmp_path / "moved"
+    shutil.move(work, moved)  # e.g. checkpoints fetched from another machine
+    assert demo.main(["--work", str(moved), "--train-only", *budget]) == 0
+    reused = json.loads((moved / "training.json").read_text())["training"]
+    for part in demo.PARTS:
+        assert reused[part]["reused"] and reused[part]["checkpoint"] == str(moved / "runs" / part / "checkpoints"
+                                                                             / "final.ckpt")
+
+    (moved / "selection.json").unlink()
+    with pytest.raises(SystemExit, match="selection.json is missing"):
+        demo.main(["--work", str(moved), "--train-only", *budget])
+
+
+def _load_headroom():
+    spec = importlib.util.spec_from_file_location("texture_headroom", REPO / "scripts" / "texture_headroom.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_headroom_known_answer():
+    headroom = _load_headroom().headroom
+    # Family 0 moves every texel by +1, family 1 not at all; texel (1, 1) is off the mask and garbage.
+    directions = {}
+    for name, family_value in (("a1", 1.0), ("a2", 1.0), ("a3", 1.0), ("b1", 0.0), ("b2", 0.0), ("b3", 0.0)):
+        d = torch.full((1, 2, 2), family_value, dtype=torch.float64)
+        d[0, 1, 1] = 1e6 if name == "a1" else -1e6
+        directions[(name, "happy")] = d
+    families = {"a1": 0, "a2": 0, "a3": 0, "b1": 1, "b2": 1, "b3": 1}
+    mask = torch.tensor([[True, True], [True, False]])
+    figures = headroom(directions, families, mask)
+    assert figures["cells"] == 6
+    assert figures["zero"] == pytest.approx(0.5)  # half the subjects move by 1
+    assert figures["mean"] == pytest.approx(0.36)  # the other five: 2/5 (or 3/5) of the way
+    assert figures["family"] == pytest.approx(0.0)
+    assert figures["other families"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no texel"):
+        headroom(directions, families, torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="another family member"):
+        headroom(directions, {name: i for i, name in enumerate(families)}, mask)
+
+
+def test_subject_directions_on_the_tiny_cache(tiny):
+    module = _load_headroom()
+    selection = tiny["selection"]
+    subjects = list(selection.train_subjects)
+    directions, common = module.subject_directions(tiny["cache"], subjects, level=3,
+                                                   exclude_clips=selection.eval_clip_ids)
+    assert set(directions) == {(s, e) for s in subjects for e in ("angry", "happy")}
+    assert common.dtype == torch.bool and 0 < int(common.sum()) < common.numel()
+    for d in directions.values():
+        assert d.shape == (3, 32, 32) and torch.isfinite(d).all()
+        assert float(d[:, common].abs().mean()) > 0  # an emotion changes the seen texels
+    neutral = [r.key.clip_id for r in tiny["world"].clips(view="front") if r.key.subject == subjects[0]
+               and r.key.emotion == "neutral"]
+    with pytest.raises(ValueError, match=f"subject {subjects[0]} has no neutral"):
+        module.subject_directions(tiny["cache"], subjects, level=3, exclude_clips=neutral)
