@@ -21,7 +21,11 @@ over the texels seen in every such mean. It is then predicted, leaving ``s`` out
 Printed: the mean squared error of each prediction per texel and channel (textures in
 [0, 1]), and its ratio to ``zero``. The gap between ``mean`` and ``family`` is the most a
 classifier-weighted direction can win over the ablation in this world, before encoder and
-generator errors. Needs a ``"families"`` world (``truth/subjects/*.json`` carry ``family``).
+generator errors. Needs a ``"families"`` world.
+
+``scripts/world_families_check.py`` asks the same question of the world's truth (unshaded
+albedo changes at the world's texture size, by cosine); this asks it of what the networks are
+trained on: textures extracted from the videos, shading and resolution included.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -61,24 +65,19 @@ def subject_directions(
     from emoedit.data.cache import CacheReader
 
     reader = CacheReader.open(cache, kind="textures")
-    wanted, skip = set(subjects), set(exclude_clips)
+    skip = set(exclude_clips)
+    index = reader.records().where(view="front", subject=list(subjects), clip=lambda c: c not in skip)
     sums: dict[tuple[str, str], Tensor] = {}
     weights: dict[tuple[str, str], Tensor] = {}
-    for shard, entry in enumerate(reader.shards):
-        data = None
-        for clip in entry.clips:
-            meta = clip.meta
-            if (clip.clip in skip or meta["subject"] not in wanted or meta["view"] != "front"
-                    or (meta["emotion"] != NEUTRAL and meta["level"] != level)):
-                continue
-            if data is None:
-                data = reader.load_shard(shard, fields=["uv_texture", "visibility"])
-            rows = slice(clip.start, clip.start + clip.count)
-            texture = data["uv_texture"][rows].double() / 255.0
-            seen = data["visibility"][rows].double()
-            key = (meta["subject"], meta["emotion"])
-            sums[key] = sums.get(key, 0.0) + (texture * seen).sum(0)
-            weights[key] = weights.get(key, 0.0) + seen.sum(0)
+    for clip in index.unique("clip"):
+        data = reader.load_clip(str(clip), fields=("uv_texture", "visibility"))
+        emotion = data["emotion"][0]
+        if emotion != NEUTRAL and data["level"][0] != level:
+            continue
+        key = (str(data["subject"][0]), str(emotion))
+        seen = data["visibility"].double()
+        sums[key] = sums.get(key, 0.0) + (data["uv_texture"].double() / 255.0 * seen).sum(0)
+        weights[key] = weights.get(key, 0.0) + seen.sum(0)
     emotions = sorted({e for _, e in sums if e != NEUTRAL})
     emotions = [e for e in emotions if all((s, e) in sums for s in subjects)]
     for s in subjects:
@@ -132,15 +131,14 @@ def headroom(
     return {name: value / count for name, value in totals.items()} | {"cells": float(count)}
 
 
-def world_families(world: str | Path, subjects: Sequence[str]) -> dict[str, int]:
-    """Family index of every subject, from ``<world>/truth/subjects/<name>.json``."""
+def world_families(world: Any, subjects: Sequence[str]) -> dict[str, int]:
+    """Family index of every subject of a :class:`~emoedit.data.synthetic.SyntheticWorld`."""
     out = {}
     for s in subjects:
-        path = Path(world) / "truth" / "subjects" / f"{s}.json"
-        family = json.loads(path.read_text()).get("family")
+        family = world.subject(s).family
         if family is None:
-            raise ValueError(f"{path}: no 'family' (not a \"families\" world)")
-        out[s] = int(family)
+            raise ValueError(f"{world.root}: subject {s} has no family (not a \"families\" world)")
+        out[s] = family
     return out
 
 
@@ -160,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subjects = list(selection.train_subjects)
     directions, common = subject_directions(args.cache, subjects, level=args.level,
                                             exclude_clips=selection.eval_clip_ids)
-    figures = headroom(directions, world_families(args.world, subjects), common)
+    figures = headroom(directions, world_families(world, subjects), common)
     zero = figures["zero"]
     print(f"{len(subjects)} training subjects, {int(figures['cells'])} subject x emotion cells, "
           f"{int(common.sum())} common texels")

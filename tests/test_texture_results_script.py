@@ -14,15 +14,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("texture_demo_world", REPO / "scripts" / "texture_demo_world.py")
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules["texture_demo_world"] = module
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
 
-demo = _load_script()
+demo = _load_script("texture_demo_world")
 
 
 @pytest.fixture(autouse=True)
@@ -253,15 +253,8 @@ def test_train_only_trains_from_the_split_and_cache_alone_then_reuses_after_a_mo
         demo.main(["--work", str(moved), "--train-only", *budget])
 
 
-def _load_headroom():
-    spec = importlib.util.spec_from_file_location("texture_headroom", REPO / "scripts" / "texture_headroom.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_headroom_known_answer():
-    headroom = _load_headroom().headroom
+    headroom = _load_script("texture_headroom").headroom
     # Family 0 moves every texel by +1, family 1 not at all; texel (1, 1) is off the mask and garbage.
     directions = {}
     for name, family_value in (("a1", 1.0), ("a2", 1.0), ("a3", 1.0), ("b1", 0.0), ("b2", 0.0), ("b3", 0.0)):
@@ -283,7 +276,7 @@ def test_headroom_known_answer():
 
 
 def test_subject_directions_on_the_tiny_cache(tiny):
-    module = _load_headroom()
+    module = _load_script("texture_headroom")
     selection = tiny["selection"]
     subjects = list(selection.train_subjects)
     directions, common = module.subject_directions(tiny["cache"], subjects, level=3,
@@ -295,5 +288,7 @@ def test_subject_directions_on_the_tiny_cache(tiny):
         assert float(d[:, common].abs().mean()) > 0  # an emotion changes the seen texels
     neutral = [r.key.clip_id for r in tiny["world"].clips(view="front") if r.key.subject == subjects[0]
                and r.key.emotion == "neutral"]
+    with pytest.raises(ValueError, match="has no family"):  # the tiny world's subjects are independent
+        module.world_families(tiny["world"], subjects)
     with pytest.raises(ValueError, match=f"subject {subjects[0]} has no neutral"):
         module.subject_directions(tiny["cache"], subjects, level=3, exclude_clips=neutral)
